@@ -1,0 +1,1 @@
+"""Platform adapters: translate console, Telegram and Discord traffic to and from core events."""

@@ -1,0 +1,1 @@
+"""salon's platform-neutral core: prompts, policy, store, backends and the orchestrator."""
