@@ -1,0 +1,670 @@
+"""The orchestrator: one actor per channel that persists, decides, builds, generates and posts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core import prompt as P
+from core.backends.base import (
+    AuthError,
+    Backend,
+    BackendError,
+    ChatRequest,
+    GenerationParams,
+    ModerationError,
+)
+from core.clock import Clock, RealClock, TimerHandle
+from core.models import estimated_cost, input_limit
+from core.policy import Candidate, Decision, Knobs, Seen, decide
+from core.store import Store, StoredMessage
+from core.text import clean_reply, split_message
+from core.types import (
+    Channel,
+    CommandResult,
+    Delete,
+    Edit,
+    Incoming,
+    Message,
+    Outgoing,
+    Participant,
+    Sender,
+)
+
+if TYPE_CHECKING:
+    from core.config import Character, Settings
+
+log = logging.getLogger("salon.engine")
+decisions_log = logging.getLogger("salon.decision")
+
+POLICY_WINDOW = 40
+TYPING_EVERY_S = 4.0
+CHANNEL = ""  # state key for channel-wide state (notes, direct flag)
+COMMANDS = ("reset", "regen", "why", "stats", "mute", "unmute", "help")
+HELP = (
+    "/reset – forget the conversation so far · /regen – replace the last reply · "
+    "/why – why the character spoke or stayed silent · /stats – tokens and cost · "
+    "/mute, /unmute – silence the character here"
+)
+
+
+@dataclass
+class _Actor:
+    """Per-channel runtime: who is present, the lock that serialises turns, pending timers."""
+
+    channel: Channel
+    senders: dict[str, Sender] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    debounce: TimerHandle | None = None
+    wake: TimerHandle | None = None
+    meta_saved: bool = False
+
+
+def _day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+class Engine:
+    """Everything platform-neutral that happens between an incoming event and a posted reply."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        characters: Mapping[str, Character],
+        store: Store,
+        backend: Backend,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.characters = dict(characters)
+        self.store = store
+        self.backend = backend
+        self.clock: Clock = clock or RealClock()
+        self.rng = rng or random.Random()
+        self.fatal: BackendError | None = None
+        self._actors: dict[str, _Actor] = {}
+        self._identities: dict[tuple[str, str], str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._model_slots = asyncio.Semaphore(max(1, settings.llm.max_concurrency))
+        self._budget_warned: set[tuple[str, str]] = set()
+        self.on_fatal: Callable[[BackendError], None] | None = None
+
+    # ----- identities -------------------------------------------------------------------
+    def register_identity(self, platform: str, user_id: str, character: str) -> None:
+        self._identities[(platform, user_id)] = character
+
+    def character_for(self, platform: str, user_id: str) -> str | None:
+        return self._identities.get((platform, user_id))
+
+    def _author(self, key: str, platform: str) -> Participant:
+        user_id = next(
+            (uid for (p, uid), k in self._identities.items() if p == platform and k == key),
+            f"salon:{key}",
+        )
+        return Participant(user_id, self.characters[key].name, is_bot=True, character=key)
+
+    # ----- events ------------------------------------------------------------------------
+    async def _actor(self, channel: Channel, via: str, sender: Sender) -> _Actor:
+        if via not in self.characters:
+            raise KeyError(f"unknown character {via!r}")
+        actor = self._actors.get(channel.key)
+        if actor is None:
+            actor = self._actors[channel.key] = _Actor(channel)
+        actor.senders[via] = sender
+        if not actor.meta_saved:
+            meta = await self.store.get_state(channel, CHANNEL)
+            if meta.get("direct") != channel.direct:
+                await self.store.put_state(channel, CHANNEL, {**meta, "direct": channel.direct})
+            actor.meta_saved = True
+        return actor
+
+    async def receive(self, event: Incoming, *, via: str, sender: Sender) -> None:
+        """Persist the event, then let the channel decide; returns once the event is stored."""
+        actor = await self._actor(event.channel, via, sender)
+        if isinstance(event, Message):
+            author = event.author
+            if author.character is None:
+                known = self.character_for(event.channel.platform, author.id)
+                if known is not None:
+                    author = Participant(author.id, author.name, True, known)
+                    event = Message(
+                        event.channel, event.id, author, event.text, event.at,
+                        event.addressed, event.reply_to,
+                    )
+            await self.store.add_message(event)
+            self._kick(actor)
+        elif isinstance(event, Edit):
+            await self.store.edit_message(event.channel, event.id, event.text, event.at)
+        elif isinstance(event, Delete):
+            await self.store.delete_message(event.channel, event.id)
+
+    async def open_direct(self, channel: Channel, *, via: str, sender: Sender) -> None:
+        """A direct chat starts: post the greeting if nothing has been said here yet."""
+        actor = await self._actor(channel, via, sender)
+        greeting = self.characters[via].greeting
+        async with actor.lock:
+            if not greeting or await self.store.last_message(channel) is not None:
+                return
+            await self._post(actor, via, greeting, reply_to=None)
+            state = await self.store.get_state(channel, via)
+            state.update(last_spoke_at=self.clock.now(), continuations=0)
+            await self.store.put_state(channel, via, state)
+        self._kick(actor)
+
+    async def resume(
+        self, platform: str, *, via: str, sender: Sender, since_s: float = 86_400.0
+    ) -> int:
+        """After a restart: let channels with stored, unhandled messages decide again."""
+        count = 0
+        for channel_id, _ in await self.store.active_channels(platform, self.clock.now() - since_s):
+            probe = Channel(platform, channel_id)
+            meta = await self.store.get_state(probe, CHANNEL)
+            channel = Channel(platform, channel_id, bool(meta.get("direct", False)))
+            state = await self.store.get_state(channel, via)
+            last = await self.store.last_message(channel)
+            if last is None or not state and not meta:
+                continue
+            actor = await self._actor(channel, via, sender)
+            self._kick(actor)
+            count += 1
+        return count
+
+    # ----- scheduling ---------------------------------------------------------------------
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("internal error in a channel task")
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _debounce_s(self, actor: _Actor) -> float:
+        return max((self.characters[k].behavior.debounce_s for k in actor.senders), default=0.0)
+
+    def _kick(self, actor: _Actor) -> None:
+        if actor.debounce is not None:
+            actor.debounce.cancel()
+        when = self.clock.now() + self._debounce_s(actor)
+
+        def fire() -> None:
+            actor.debounce = None
+            self._spawn(self._turn(actor))
+
+        actor.debounce = self.clock.call_at(when, fire)
+
+    def _schedule_wake(self, actor: _Actor, when: float | None) -> None:
+        if actor.wake is not None:
+            actor.wake.cancel()
+            actor.wake = None
+        if when is None:
+            return
+
+        def fire() -> None:
+            actor.wake = None
+            self._spawn(self._turn(actor))
+
+        actor.wake = self.clock.call_at(when, fire)
+
+    async def flush(self) -> None:
+        """Run every pending debounced decision now (end of a console script)."""
+        for actor in list(self._actors.values()):
+            if actor.debounce is not None:
+                actor.debounce.cancel()
+                actor.debounce = None
+                self._spawn(self._turn(actor))
+        await self.idle()
+
+    async def idle(self) -> None:
+        """Wait until no decision or generation is running."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await asyncio.sleep(0)
+
+    # ----- decisions ----------------------------------------------------------------------
+    async def _candidate(self, actor: _Actor, key: str, recent: list[StoredMessage]) -> Candidate:
+        ch = self.characters[key]
+        b = ch.behavior
+        state = await self.store.get_state(actor.channel, key)
+        blocked = await self._blocked(actor.channel, key, state, recent)
+        return Candidate(
+            key=key,
+            names=(ch.name, *ch.aliases),
+            knobs=Knobs(
+                talkativeness=b.talkativeness,
+                continue_after_s=b.continue_after_s,
+                max_continuations=b.max_continuations,
+                continue_backoff=b.continue_backoff,
+                cooldown_s=b.cooldown_s,
+            ),
+            handled_seq=int(state.get("handled_seq", 0)),
+            last_spoke_at=state.get("last_spoke_at"),
+            continuations=int(state.get("continuations", 0)),
+            blocked=blocked,
+        )
+
+    async def _blocked(
+        self, channel: Channel, key: str, state: dict[str, Any], recent: list[StoredMessage]
+    ) -> str | None:
+        """Hard limits: fatal backend error, mute, budget, channel and per-user rate limits."""
+        if self.fatal is not None:
+            return f"the model backend refused us ({self.fatal})"
+        if state.get("muted"):
+            return "muted in this channel (/unmute)"
+        b = self.characters[key].behavior
+        now = self.clock.now()
+        if b.daily_token_budget > 0:
+            used = await self.store.usage(character=key, day=_day(now))
+            spent = used.prompt_tokens + used.completion_tokens
+            if spent >= b.daily_token_budget:
+                if (key, _day(now)) not in self._budget_warned:
+                    self._budget_warned.add((key, _day(now)))
+                    log.warning(
+                        "%s spent its daily token budget (%d of %d); it stays quiet until 00:00 UTC",
+                        key, spent, b.daily_token_budget,
+                    )
+                return f"daily token budget spent ({spent} of {b.daily_token_budget} tokens)"
+        replies = [r for r in state.get("replies", []) if now - r[0] < 60.0]
+        if b.replies_per_minute > 0 and len(replies) >= b.replies_per_minute:
+            return f"channel rate limit ({b.replies_per_minute} replies a minute)"
+        if b.user_replies_per_minute > 0:
+            handled = int(state.get("handled_seq", 0))
+            authors = {
+                m.author_id for m in recent
+                if m.seq > handled and not m.author_is_bot and m.character is None
+            }
+            over = {
+                a for a in authors
+                if sum(1 for r in replies if r[1] == a) >= b.user_replies_per_minute
+            }
+            if authors and over == authors:
+                return f"per-user rate limit ({b.user_replies_per_minute} replies a minute)"
+        return None
+
+    async def _turn(self, actor: _Actor) -> None:
+        """One decision for the channel, and the reply it calls for."""
+        async with actor.lock:
+            recent = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
+            cands = [await self._candidate(actor, k, recent) for k in sorted(actor.senders)]
+            decision = decide(
+                [
+                    Seen(m.seq, m.author_id, m.character, m.author_is_bot, m.text, m.at, m.addressed)
+                    for m in recent
+                ],
+                cands,
+                direct=actor.channel.direct,
+                now=self.clock.now(),
+                rng=self.rng,
+                loop_limit=self.settings.salon.bot_loop_limit,
+            )
+            await self._record(actor, decision, recent)
+            spoke = False
+            if decision.speaker is not None and decision.mode is not None:
+                spoke = await self._speak(actor, decision.speaker, decision.mode, recent)
+            self._schedule_wake(actor, decision.wake_at)
+        if spoke:
+            self._kick(actor)
+
+    async def _record(
+        self, actor: _Actor, decision: Decision, recent: list[StoredMessage]
+    ) -> None:
+        top = recent[-1].seq if recent else 0
+        for key, why in decision.why.items():
+            decisions_log.info("%s %s: %s", actor.channel.key, key, why)
+            state = await self.store.get_state(actor.channel, key)
+            state["last_why"] = why
+            if key in decision.handled and key != decision.speaker:
+                state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
+            await self.store.put_state(actor.channel, key, state)
+
+    # ----- generation ---------------------------------------------------------------------
+    async def _transcript(
+        self, actor: _Actor, key: str, state: dict[str, Any]
+    ) -> tuple[list[P.Turn], int]:
+        """The turns for the prompt, windowed in blocks so consecutive requests share a prefix."""
+        ch = self.characters[key]
+        limit = max(2, self.settings.salon.history_messages)
+        start = int(state.get("window_start", 0))
+        rows = await self.store.recent(actor.channel, after_seq=max(0, start - 1), limit=limit + 1)
+        if len(rows) > limit:
+            rows = rows[-(limit // 2) :]
+            start = rows[0].seq
+        turns = [P.Turn(r.seq, r.author_id, r.author_name, r.text, r.character == key) for r in rows]
+        scale = float(state.get("token_scale", 1.0))
+        budget = input_limit(self.settings.llm.model, self.settings.llm.input_limit)
+        budget -= P.estimate_tokens(ch.profile) + 64
+        sized = [
+            (t.seq, int((P.estimate_tokens(t.text) + P.estimate_tokens(t.speaker)) * scale))
+            for t in turns
+        ]
+        start = P.choose_window(sized, start, max(256, budget))
+        return [t for t in turns if t.seq >= start], start
+
+    async def _speak(
+        self,
+        actor: _Actor,
+        key: str,
+        mode: str,
+        recent: list[StoredMessage],
+        *,
+        regen: bool = False,
+    ) -> bool:
+        ch = self.characters[key]
+        channel = actor.channel
+        sender = actor.senders[key]
+        state = await self.store.get_state(channel, key)
+        meta = await self.store.get_state(channel, CHANNEL)
+        turns, start = await self._transcript(actor, key, state)
+        top = recent[-1].seq if recent else 0
+        others = [c for k, c in self.characters.items() if k != key]
+        reserved = [n for c in others for n in (c.name, *c.aliases)]
+        persona = P.Persona(ch.name, ch.profile, tuple(ch.aliases))
+        notes = list(meta.get("notes", []))
+        memory = ch.memory.enable_long_term_memory
+        if memory:
+            sent_upto = int(state.get("memory_sent_seq", 0))
+            turns = [t for t in turns if t.seq > sent_upto]
+        messages = P.build_messages(
+            persona, turns, direct=channel.direct, supplements=notes,
+            reserved_names=reserved, include_system=not memory,
+        )
+        gen = ch.generation
+        seed = gen.seed
+        if regen:
+            bump = int(state.get("regen_count", 0)) + 1
+            state["regen_count"] = bump
+            seed = (seed if seed is not None else self.rng.randrange(1, 2**31)) + bump
+        request = ChatRequest(
+            messages=tuple(messages),
+            params=GenerationParams(
+                temperature=gen.temperature, top_p=gen.top_p, seed=seed,
+                max_tokens=gen.max_tokens, n=gen.n, logit_bias=ch.logit_bias(),
+            ),
+            session_id=self._session_id(channel, key, int(state.get("epoch", 0))),
+            character_options=self._memory_options(ch) if memory else None,
+            speaker=ch.name,
+        )
+        addressed = next(
+            (m for m in recent if m.seq > int(state.get("handled_seq", 0)) and key in m.addressed),
+            None,
+        )
+        state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
+        state["window_start"] = start
+        texts = await self._generate(actor, key, request, state, messages)
+        if notes and texts is not None:
+            meta["notes"] = []
+            await self.store.put_state(channel, CHANNEL, meta)
+        if not texts:
+            await self.store.put_state(channel, key, state)
+            return False
+        state["candidates"] = texts[1:]
+        reply_to = addressed.msg_id if addressed and mode == "reply" and not channel.direct else None
+        posted = await self._post(actor, key, texts[0], reply_to=reply_to)
+        now = self.clock.now()
+        trigger = addressed.author_id if addressed else (recent[-1].author_id if recent else "")
+        state["replies"] = [r for r in state.get("replies", []) if now - r[0] < 60.0] + [
+            [now, trigger]
+        ]
+        state["last_spoke_at"] = now
+        state["continuations"] = int(state.get("continuations", 0)) + 1 if mode == "continue" else 0
+        state["last_posted"] = posted
+        if memory:
+            state["memory_sent_seq"] = await self._last_seq(channel)
+        await self.store.put_state(channel, key, state)
+        return True
+
+    async def _generate(
+        self,
+        actor: _Actor,
+        key: str,
+        request: ChatRequest,
+        state: dict[str, Any],
+        messages: list[P.Msg],
+    ) -> list[str] | None:
+        """Ask the model (typing shown meanwhile); None on a fault, [] when nothing is usable."""
+        ch = self.characters[key]
+        sender = actor.senders[key]
+        typing = asyncio.get_running_loop().create_task(self._keep_typing(sender, actor.channel))
+        try:
+            async with self._model_slots:
+                result = await self.backend.complete(request)
+        except AuthError as e:
+            self.fatal = e
+            log.error("%s", e)
+            if self.on_fatal is not None:
+                self.on_fatal(e)
+            return None
+        except ModerationError as e:
+            log.warning("%s in %s: content moderation refused the reply; staying silent (%s)",
+                        key, actor.channel.key, e)
+            return None
+        except BackendError as e:
+            log.warning("%s in %s: gave up on this reply: %s", key, actor.channel.key, e)
+            return None
+        finally:
+            typing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await typing
+        await self.store.add_usage(
+            actor.channel, key, _day(self.clock.now()),
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            cached_tokens=result.cached_tokens,
+        )
+        estimated = sum(P.estimate_tokens(str(m.get("content", ""))) for m in messages)
+        if result.prompt_tokens > 0 and estimated > 0:
+            old = float(state.get("token_scale", 1.0))
+            state["token_scale"] = round(0.5 * old + 0.5 * (result.prompt_tokens / estimated), 4)
+        own = (ch.name, *ch.aliases)
+        others = await self._other_names(actor.channel, key)
+        texts = [t for t in (clean_reply(c, own, others) for c in result.candidates) if t]
+        if not texts:
+            log.warning("%s in %s: the model's reply was empty after cleaning; staying silent",
+                        key, actor.channel.key)
+        return texts
+
+    async def _other_names(self, channel: Channel, key: str) -> list[str]:
+        rows = await self.store.recent(channel, limit=POLICY_WINDOW)
+        names = {r.author_name for r in rows if r.character != key}
+        names.update(c.name for k, c in self.characters.items() if k != key)
+        return sorted(names)
+
+    async def _keep_typing(self, sender: Sender, channel: Channel) -> None:
+        while True:
+            try:
+                await sender.typing(channel)
+            except Exception as e:  # typing is cosmetic; never let it break a reply
+                log.debug("typing failed: %s", e)
+            await self.clock.sleep(TYPING_EVERY_S)
+
+    async def _post(self, actor: _Actor, key: str, text: str, *, reply_to: str | None) -> list[str]:
+        """Send a reply in pieces that fit the platform, storing each piece as it is sent."""
+        sender = actor.senders[key]
+        author = self._author(key, actor.channel.platform)
+        ids: list[str] = []
+        for i, piece in enumerate(split_message(text, sender.max_length)):
+            sent = await sender.send(Outgoing(actor.channel, piece, reply_to if i == 0 else None))
+            await self.store.add_message(Message(actor.channel, sent.id, author, piece, sent.at))
+            ids.append(sent.id)
+        return ids
+
+    @staticmethod
+    def _session_id(channel: Channel, key: str, epoch: int) -> str:
+        digest = hashlib.sha1(f"{channel.key}|{key}|{epoch}".encode()).hexdigest()[:24]
+        return f"salon-{digest}"
+
+    @staticmethod
+    def _memory_options(ch: Character) -> dict[str, Any]:
+        return {
+            "profile": ch.profile,
+            "memory": {
+                "enable_long_term_memory": True,
+                "memory_entries": ch.memory.memory_entries,
+                "skip_save_types": list(ch.memory.skip_save_types),
+            },
+        }
+
+    async def _last_seq(self, channel: Channel) -> int:
+        last = await self.store.last_message(channel)
+        return last.seq if last else 0
+
+    # ----- commands -----------------------------------------------------------------------
+    async def add_note(self, channel: Channel, text: str, *, via: str, sender: Sender) -> None:
+        """One-off supplementary info for the next reply in this channel (the seed's system insert)."""
+        await self._actor(channel, via, sender)
+        meta = await self.store.get_state(channel, CHANNEL)
+        meta["notes"] = [*meta.get("notes", []), text]
+        await self.store.put_state(channel, CHANNEL, meta)
+
+    async def command(
+        self,
+        channel: Channel,
+        name: str,
+        args: str = "",
+        *,
+        via: str,
+        sender: Sender,
+        user: Participant | None = None,
+    ) -> CommandResult:
+        """Chat commands; the adapter has already checked who may run the state-changing ones."""
+        actor = await self._actor(channel, via, sender)
+        ch = self.characters[via]
+        if name == "help":
+            return CommandResult(HELP)
+        if name == "why":
+            state = await self.store.get_state(channel, via)
+            return CommandResult(f"{ch.name}: {state.get('last_why', 'no decision yet')}")
+        if name == "stats":
+            return CommandResult(await self._stats(channel, via))
+        if name in ("mute", "unmute"):
+            async with actor.lock:
+                state = await self.store.get_state(channel, via)
+                state["muted"] = name == "mute"
+                await self.store.put_state(channel, via, state)
+            return CommandResult(f"{ch.name} is {'muted' if name == 'mute' else 'unmuted'} here.")
+        if name == "reset":
+            async with actor.lock:
+                state = await self.store.get_state(channel, via)
+                last = await self._last_seq(channel)
+                state.update(
+                    window_start=last + 1, handled_seq=last, continuations=0,
+                    epoch=int(state.get("epoch", 0)) + 1, candidates=[], memory_sent_seq=last,
+                    last_posted=[],
+                )
+                await self.store.put_state(channel, via, state)
+            self._schedule_wake(actor, None)
+            return CommandResult(f"{ch.name} starts over: earlier messages are forgotten here.")
+        if name == "regen":
+            return await self._regen(actor, via)
+        return CommandResult(f"unknown command /{name}; try /help", ok=False)
+
+    async def _regen(self, actor: _Actor, key: str) -> CommandResult:
+        ch = self.characters[key]
+        async with actor.lock:
+            state = await self.store.get_state(actor.channel, key)
+            posted = list(state.get("last_posted", []))
+            if not posted:
+                return CommandResult(f"{ch.name} has no reply here to replace.", ok=False)
+            for msg_id in posted:
+                await self.store.delete_message(actor.channel, msg_id)
+            candidates = list(state.get("candidates", []))
+            if candidates:
+                text = candidates.pop(0)
+                state["candidates"] = candidates
+                state["last_posted"] = await self._post(actor, key, text, reply_to=None)
+                await self.store.put_state(actor.channel, key, state)
+                return CommandResult(f"{ch.name}: posted another candidate.")
+            await self.store.put_state(actor.channel, key, state)
+            recent = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
+            spoke = await self._speak(actor, key, "reply", recent, regen=True)
+        return CommandResult(
+            f"{ch.name}: regenerated." if spoke else f"{ch.name}: regeneration failed; see the log.",
+            ok=spoke,
+        )
+
+    async def _stats(self, channel: Channel, key: str) -> str:
+        model = self.settings.llm.model
+        here = await self.store.usage(character=key, channel=channel)
+        today = await self.store.usage(character=key, day=_day(self.clock.now()))
+        total = await self.store.usage(character=key)
+        lines = [f"{self.characters[key].name} ({model})"]
+        for label, u in (("here", here), ("today", today), ("all time", total)):
+            cost = estimated_cost(model, u.prompt_tokens, u.completion_tokens)
+            money = f", ≤ ¥{cost:.4f}" if cost is not None else ""
+            lines.append(
+                f"{label}: {u.requests} requests, {u.prompt_tokens} prompt tokens "
+                f"({u.cached_tokens} cached), {u.completion_tokens} completion tokens{money}"
+            )
+        budget = self.characters[key].behavior.daily_token_budget
+        if budget > 0:
+            spent = today.prompt_tokens + today.completion_tokens
+            state = "spent — staying quiet" if spent >= budget else "left"
+            lines.append(f"daily budget: {spent} of {budget} tokens ({state})")
+        return "\n".join(lines)
+
+    async def aclose(self) -> None:
+        for actor in self._actors.values():
+            for timer in (actor.debounce, actor.wake):
+                if timer is not None:
+                    timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def build_engine(
+    settings: Settings,
+    characters: Mapping[str, Character] | list[Character],
+    *,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+    backend: Backend | None = None,
+    store: Store | None = None,
+) -> AsyncIterator[Engine]:
+    """Open the store and the model backend the settings describe, and close them afterwards."""
+    from core.backends import make_backend
+    from core.errors import StartupError
+    from core.sqlite_store import SqliteStore
+
+    chars = {c.key: c for c in characters} if isinstance(characters, list) else dict(characters)
+    clock = clock or RealClock()
+    own_store = store is None
+    own_backend = backend is None
+    if backend is None and settings.llm.provider == "dashscope" and not settings.api_key():
+        raise StartupError(
+            f"the environment variable {settings.llm.api_key_env} is not set; export your "
+            "DashScope API key there (or set [llm] api_key_env to the variable that holds it)"
+        )
+    if store is None:
+        store = SqliteStore(settings.storage_path())
+    await store.open()
+    if backend is None:
+        llm = settings.llm
+        backend = make_backend(
+            provider=llm.provider, base_url=llm.base_url, api_key=settings.api_key(),
+            model=llm.model, prefill=llm.prefill, timeout_s=llm.timeout_s,
+            max_retries=llm.max_retries, stream=llm.stream, sleep=clock.sleep,
+            rng=random.Random(rng.random() if rng else None),
+        )
+    engine = Engine(
+        settings=settings, characters=chars, store=store, backend=backend, clock=clock, rng=rng
+    )
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+        if own_backend:
+            await backend.aclose()
+        if own_store:
+            await store.close()

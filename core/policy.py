@@ -1,0 +1,186 @@
+"""When a character speaks (DESIGN.md §3): a pure function of state, time and an rng."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from core.sanitize import canonical_name
+
+NAME_CHANCE = 0.85
+PRESENCE_WINDOW = 10
+COOLDOWN_FACTOR = 0.5
+
+Mode = Literal["reply", "continue"]
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A message as the policy sees it."""
+
+    seq: int
+    author_id: str
+    character: str | None
+    is_bot: bool
+    text: str
+    at: float
+    addressed: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    talkativeness: float = 0.2
+    continue_after_s: float = 90.0
+    max_continuations: int = 2
+    continue_backoff: float = 2.0
+    cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One character's standing in the channel at decision time."""
+
+    key: str
+    names: tuple[str, ...]
+    knobs: Knobs
+    handled_seq: int = 0
+    last_spoke_at: float | None = None
+    continuations: int = 0
+    blocked: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    speaker: str | None
+    mode: Mode | None
+    reason: str
+    handled: frozenset[str] = frozenset()
+    why: dict[str, str] = field(default_factory=dict)
+    wake_at: float | None = None
+
+
+def names_in(text: str, names: Sequence[str]) -> bool:
+    """Whether any of `names` appears in `text` as a word (case-insensitive, CJK-aware)."""
+    folded = canonical_name(text)
+    for name in names:
+        key = canonical_name(name)
+        if not key:
+            continue
+        if re.search(rf"(?<![\w@]){re.escape(key)}(?!\w)", folded):
+            return True
+        if any(ord(ch) >= 0x2E80 for ch in key) and key in folded:
+            return True
+    return False
+
+
+def _loop_guard(recent: Sequence[Seen], limit: int) -> bool:
+    tail = recent[-limit:] if limit > 0 else []
+    return limit > 0 and len(tail) == limit and all(m.is_bot or m.character for m in tail)
+
+
+def _continuation_due(c: Candidate) -> float:
+    assert c.last_spoke_at is not None
+    return c.last_spoke_at + c.knobs.continue_after_s * c.knobs.continue_backoff**c.continuations
+
+
+def decide(
+    recent: Sequence[Seen],
+    candidates: Sequence[Candidate],
+    *,
+    direct: bool,
+    now: float,
+    rng: random.Random,
+    loop_limit: int = 3,
+) -> Decision:
+    """Pick at most one speaker: the addressed first, then named, then by a damped roll.
+
+    Characters with nothing new may continue after their own unanswered message, on a timer
+    with backoff. Every character gets a reason, so /why can explain the outcome.
+    """
+    why: dict[str, str] = {}
+    handled: set[str] = set()
+    ranked: list[tuple[int, float, str]] = []
+    wake: list[float] = []
+    looping = _loop_guard(recent, loop_limit)
+    last = recent[-1] if recent else None
+    for c in sorted(candidates, key=lambda c: c.key):
+        pending = [m for m in recent if m.seq > c.handled_seq and m.character != c.key]
+        if c.blocked:
+            why[c.key] = f"silent: {c.blocked}"
+            handled.add(c.key)
+            continue
+        if not pending:
+            if last is not None and last.character == c.key and c.last_spoke_at is not None:
+                k = c.knobs
+                if k.max_continuations <= c.continuations:
+                    why[c.key] = f"silent: already continued {c.continuations} time(s) unanswered"
+                elif not direct and k.talkativeness <= 0:
+                    why[c.key] = "silent: talkativeness 0 never continues unprompted"
+                else:
+                    due = _continuation_due(c)
+                    if now >= due:
+                        ranked.append((3, 0.0, c.key))
+                        why[c.key] = (
+                            f"continue: nobody answered for {now - c.last_spoke_at:.0f}s "
+                            f"(continuation {c.continuations + 1} of {k.max_continuations})"
+                        )
+                    else:
+                        wake.append(due)
+                        why[c.key] = f"waiting: may continue in {due - now:.0f}s if nobody answers"
+            else:
+                why[c.key] = why.get(c.key, "silent: nothing new")
+            continue
+        if looping:
+            why[c.key] = f"silent: the last {loop_limit} messages were all by bots (loop guard)"
+            handled.add(c.key)
+            continue
+        first_addr = next((m for m in pending if c.key in m.addressed), None)
+        if direct or first_addr is not None:
+            what = "direct chat" if direct and first_addr is None else "addressed"
+            ranked.append((0, first_addr.seq if first_addr else pending[0].seq, c.key))
+            why[c.key] = f"speak: {what}"
+            continue
+        handled.add(c.key)
+        if any(names_in(m.text, c.names) for m in pending):
+            roll = rng.random()
+            if roll < NAME_CHANCE:
+                ranked.append((1, roll, c.key))
+                why[c.key] = f"speak: named in a message (roll {roll:.2f} < {NAME_CHANCE})"
+            else:
+                why[c.key] = f"silent: named, but roll {roll:.2f} >= {NAME_CHANCE}"
+            continue
+        p = _chatter_chance(recent, c, now)
+        roll = rng.random()
+        if roll < p:
+            ranked.append((2, roll, c.key))
+            why[c.key] = f"speak: joined in (roll {roll:.2f} < chance {p:.2f})"
+        else:
+            why[c.key] = f"silent: roll {roll:.2f} >= chance {p:.2f}"
+    if not ranked:
+        reason = "; ".join(f"{k}: {v}" for k, v in why.items()) or "nobody here"
+        return Decision(None, None, reason, frozenset(handled), why, min(wake) if wake else None)
+    ranked.sort()
+    tier, _, speaker = ranked[0]
+    for _, _, other in ranked[1:]:
+        if tier != 0 or other not in {k for t, _, k in ranked if t == 0}:
+            why[other] = f"silent: {speaker} speaks first ({why[other]})"
+    mode: Mode = "continue" if tier == 3 else "reply"
+    handled.add(speaker)
+    handled.update(k for t, _, k in ranked if t in (1, 2) and k != speaker)
+    return Decision(speaker, mode, why[speaker], frozenset(handled), why, None)
+
+
+def _chatter_chance(recent: Sequence[Seen], c: Candidate, now: float) -> float:
+    """Talkativeness, damped by how much of the recent talk is already ours and by cooldown."""
+    t = c.knobs.talkativeness
+    if t >= 1.0:
+        return 1.0
+    window = recent[-PRESENCE_WINDOW:]
+    presence = sum(1 for m in window if m.character == c.key) / max(1, len(window))
+    p = t * (1.0 - presence)
+    if c.last_spoke_at is not None and now - c.last_spoke_at < c.knobs.cooldown_s:
+        p *= COOLDOWN_FACTOR
+    return max(0.0, min(1.0, p))

@@ -1,0 +1,117 @@
+"""Building the Qwen group-chat request from one character's point of view (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.sanitize import neutralize_content, unique_names
+
+Msg = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """What the prompt needs to know about the character it speaks for."""
+
+    name: str
+    profile: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One transcript entry: `speaker_id` is a stable identity, `speaker` the raw display name."""
+
+    seq: int
+    speaker_id: str
+    speaker: str
+    text: str
+    own: bool
+
+
+def partial(name: str) -> Msg:
+    """The final "now speak" message: the model continues after `"Name:"`."""
+    return {"role": "assistant", "content": f"{name}:", "partial": True}
+
+
+def _oldest_unanswered(turns: Sequence[Turn]) -> int | None:
+    """Index of the first turn by someone else after the character's last own turn."""
+    last_own = max((i for i, t in enumerate(turns) if t.own), default=-1)
+    for i in range(last_own + 1, len(turns)):
+        if not turns[i].own:
+            return i
+    return None
+
+
+def build_messages(
+    persona: Persona,
+    turns: Sequence[Turn],
+    *,
+    direct: bool,
+    supplements: Sequence[str] = (),
+    reserved_names: Sequence[str] = (),
+    include_system: bool = True,
+) -> list[Msg]:
+    """The messages array for one request.
+
+    Group: everyone else is `user` with a `"Name: "` prefix, the character is `assistant` with
+    its own prefix, and the request ends with the partial `"Name:"`. Direct: plain contents; a
+    reply to the human ends with the human's message, a continuation ends with the partial.
+    Supplements go just before the oldest unanswered message, never at the front.
+    """
+    turns = [t for t in turns if t.text.strip()]
+    own_names = (persona.name, *persona.aliases)
+    names = unique_names(
+        ((t.speaker_id, t.speaker) for t in turns if not t.own),
+        reserved=(*own_names, *reserved_names),
+    )
+    known = (*own_names, *reserved_names, *names.values())
+    body: list[Msg] = []
+    for turn in turns:
+        content = neutralize_content(turn.text, known)
+        if turn.own:
+            text = content if direct else f"{persona.name}: {content}"
+            body.append({"role": "assistant", "content": text})
+        else:
+            text = content if direct else f"{names[turn.speaker_id]}: {content}"
+            body.append({"role": "user", "content": text})
+    notes = [{"role": "system", "content": s} for s in supplements if s.strip()]
+    anchor = _oldest_unanswered(turns)
+    if anchor is None:
+        body.extend(notes)
+    else:
+        body[anchor:anchor] = notes
+    messages: list[Msg] = [{"role": "system", "content": persona.profile}] if include_system else []
+    messages.extend(body)
+    if not direct or not turns or turns[-1].own:
+        messages.append(partial(persona.name))
+    return messages
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap token estimate: CJK characters ~1 token each, other text ~4 characters a token."""
+    wide = sum(1 for ch in text if ord(ch) >= 0x2E80)
+    return wide + (len(text) - wide + 3) // 4 + 4
+
+
+def choose_window(
+    sized: Sequence[tuple[int, int]], start_seq: int, budget: int, keep: float = 0.5
+) -> int:
+    """Where the transcript starts: keep `start_seq` while it fits, else drop a whole block.
+
+    `sized` is (seq, tokens) oldest first. Dropping to `keep` of the budget at once means the
+    following requests share one prefix (a one-message sliding window would change it each time).
+    """
+    inside = [(seq, tok) for seq, tok in sized if seq >= start_seq]
+    if sum(tok for _, tok in inside) <= budget:
+        return start_seq
+    total = 0
+    new_start = inside[-1][0] if inside else start_seq
+    for seq, tok in reversed(inside):
+        if total + tok > budget * keep:
+            break
+        total += tok
+        new_start = seq
+    return new_start

@@ -1,0 +1,101 @@
+"""Neutralising untrusted names and texts so nobody can forge a turn in the prompt."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable
+
+# Invisible characters that change nothing a reader sees but can fool name comparison or
+# reorder text; ZWJ/ZWNJ stay because scripts and emoji sequences need them.
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_TEMPLATE = re.compile(
+    r"<\||\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<\|?(?:im_start|im_end|endoftext)\|?>",
+    re.IGNORECASE,
+)
+_TEMPLATE_SWAP = str.maketrans({"<": "‹", ">": "›", "[": "⟦", "]": "⟧"})
+MAX_NAME = 64
+MAX_PROMPT_CHARS = 4000
+TRUNCATED = " … [message truncated]"
+
+
+def canonical_name(name: str) -> str:
+    """The comparison form of a name: NFKC, casefolded, invisible characters and spacing removed."""
+    text = unicodedata.normalize("NFKC", name)
+    text = _INVISIBLE.sub("", _CONTROL.sub("", text))
+    text = text.replace("\u200c", "").replace("\u200d", "")
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def neutralize_template_tokens(text: str) -> str:
+    """Defang chat-template control tokens (`<|im_start|>`, `[INST]`, ...) while keeping them legible."""
+    return _TEMPLATE.sub(lambda m: m.group(0).translate(_TEMPLATE_SWAP), text)
+
+
+def clean_text(text: str) -> str:
+    """Normalise line ends and drop control and bidi/invisible characters."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _INVISIBLE.sub("", _CONTROL.sub("", text))
+
+
+def display_name(raw: str) -> str:
+    """A one-line, colon-free, bounded rendering of an untrusted display name."""
+    text = clean_text(raw).replace("\n", " ").replace("\t", " ")
+    text = text.replace(":", " ").replace("：", " ")
+    text = neutralize_template_tokens(re.sub(r"\s+", " ", text).strip())
+    if len(text) > MAX_NAME:
+        text = text[:MAX_NAME].rstrip() + "…"
+    return text or "Someone"
+
+
+def short_tag(identity: str) -> str:
+    """A stable 4-hex tag for an identity, used to tell look-alike names apart."""
+    return hashlib.sha1(identity.encode("utf-8")).hexdigest()[:4]
+
+
+def unique_names(
+    speakers: Iterable[tuple[str, str]], reserved: Iterable[str]
+) -> dict[str, str]:
+    """Map speaker identity -> prompt name, so that no two identities share a name.
+
+    `speakers` are (identity, raw display name) of everyone except the character the prompt
+    is for; `reserved` are names that belong to characters. A speaker whose name collides with
+    a reserved name or with another identity's name gets a stable `#tag` suffix.
+    """
+    reserved_keys = {canonical_name(n) for n in reserved if n.strip()}
+    rendered: dict[str, str] = {}
+    owners: dict[str, set[str]] = {}
+    for identity, raw in speakers:
+        if identity in rendered:
+            continue
+        name = display_name(raw)
+        rendered[identity] = name
+        owners.setdefault(canonical_name(name), set()).add(identity)
+    result: dict[str, str] = {}
+    for identity, name in rendered.items():
+        key = canonical_name(name)
+        if key in reserved_keys or len(owners[key]) > 1:
+            name = f"{name} #{short_tag(identity)}"
+        result[identity] = name
+    return result
+
+
+def neutralize_content(text: str, speaker_names: Iterable[str]) -> str:
+    """Render an untrusted message body for the prompt.
+
+    A line that starts like a turn of a known speaker (`Ling Lu: ...`) is quoted with `> ` so it
+    cannot pass for that speaker's own message; template tokens are defanged; a huge body is cut.
+    """
+    keys = {canonical_name(n) for n in speaker_names if n.strip()}
+    text = clean_text(text)
+    if len(text) > MAX_PROMPT_CHARS:
+        text = text[:MAX_PROMPT_CHARS].rstrip() + TRUNCATED
+    lines = []
+    for line in text.split("\n"):
+        m = re.match(r"\s*[*_>\"'“「]*\s*([^:：\n]{1,70}?)\s*[*_]*\s*[:：]", line)
+        if m and canonical_name(m.group(1)) in keys:
+            line = "> " + line.lstrip()
+        lines.append(line)
+    return neutralize_template_tokens("\n".join(lines))

@@ -1,0 +1,567 @@
+"""The embedded history store: one SQLite file through aiosqlite, WAL mode, versioned schema.
+
+All work goes through one connection, one operation at a time, and every write is its own
+committed transaction, so a stored event survives a crash the moment the call returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from core.store import AddResult, StoredMessage, StoreError, Usage
+from core.types import Channel, Message
+
+T = TypeVar("T")
+
+MEMORY = ":memory:"
+
+# Ordered schema migrations; migration N (1-based) brings `PRAGMA user_version` from N-1 to N.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE messages (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            platform TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            msg_id TEXT NOT NULL,
+            author_id TEXT NOT NULL,
+            author_name TEXT NOT NULL,
+            author_is_bot INTEGER NOT NULL,
+            character TEXT,
+            text TEXT NOT NULL,
+            at REAL NOT NULL,
+            edited_at REAL,
+            reply_to TEXT,
+            addressed TEXT NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE UNIQUE INDEX messages_key ON messages (platform, channel_id, msg_id)",
+        "CREATE INDEX messages_recent ON messages (platform, channel_id, seq)",
+        "CREATE INDEX messages_at ON messages (platform, at)",
+        """CREATE TABLE channel_state (
+            platform TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            character TEXT NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (platform, channel_id, character)
+        )""",
+        """CREATE TABLE usage_daily (
+            platform TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            character TEXT NOT NULL,
+            day TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL,
+            PRIMARY KEY (platform, channel_id, character, day)
+        )""",
+        """CREATE TABLE kv (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+    ),
+)
+
+_FIX = "set [storage] path"
+_COLUMNS = (
+    "seq, platform, channel_id, msg_id, author_id, author_name, author_is_bot, character, "
+    "text, at, reply_to, addressed, deleted, edited_at"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM messages"
+_BY_KEY = " WHERE platform = ? AND channel_id = ? AND msg_id = ?"
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _storable(text: str) -> str:
+    """Lone surrogates (possible in decoded JSON) cannot be UTF-8; everything else is kept as is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def _encode_addressed(addressed: Iterable[str]) -> str:
+    return json.dumps(sorted(addressed), ensure_ascii=False)
+
+
+def _record(row: Iterable[Any]) -> StoredMessage:
+    (
+        seq,
+        platform,
+        channel_id,
+        msg_id,
+        author_id,
+        author_name,
+        author_is_bot,
+        character,
+        text,
+        at,
+        reply_to,
+        addressed,
+        deleted,
+        edited_at,
+    ) = row
+    return StoredMessage(
+        seq=int(seq),
+        platform=platform,
+        channel_id=channel_id,
+        msg_id=msg_id,
+        author_id=author_id,
+        author_name=author_name,
+        author_is_bot=bool(author_is_bot),
+        character=character,
+        text=text,
+        at=float(at),
+        reply_to=reply_to,
+        addressed=frozenset(json.loads(addressed)),
+        deleted=bool(deleted),
+        edited_at=None if edited_at is None else float(edited_at),
+    )
+
+
+def _sqlite_fix(exc: sqlite3.Error) -> str:
+    """The advice that goes with an SQLite failure at open time."""
+    message = str(exc).lower()
+    if "locked" in message or "busy" in message:
+        return f"another program is using it; stop that program or {_FIX}"
+    if isinstance(exc, sqlite3.OperationalError):
+        return f"check the permissions of the file and its directory, or {_FIX}"
+    return f"move it away or {_FIX}"
+
+
+class SqliteStore:
+    """The `Store` on one SQLite file (or ":memory:"), created with its directories on first open."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._memory = os.fspath(path) == MEMORY
+        self._path = Path(MEMORY) if self._memory else Path(os.fspath(path)).expanduser()
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def path(self) -> str:
+        return MEMORY if self._memory else str(self._path)
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open_error(self, reason: str) -> StoreError:
+        return StoreError(_one_line(f"cannot open the history database {self.path}: {reason}"))
+
+    def _prepare_path(self) -> None:
+        """Create missing directories and name the common path problems before SQLite does."""
+        path = self._path
+        if path.is_dir():
+            raise self._open_error(f"it is a directory; {_FIX} to a file name")
+        parent = path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise self._open_error(
+                f"cannot create the directory {parent} ({reason}); create it or {_FIX}"
+            ) from None
+        if path.exists():
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise self._open_error(
+                    f"the file is not readable and writable by this user; "
+                    f"fix its permissions or {_FIX}"
+                )
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            raise self._open_error(
+                f"the directory {parent} is not writable; fix its permissions or {_FIX}"
+            )
+
+    async def open(self) -> None:
+        """Connect, set WAL/synchronous, bring the schema up to date, and prove the file writable."""
+        async with self._lock:
+            if self._db is None:
+                self._db = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        if not self._memory:
+            self._prepare_path()
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._open_error(f"{exc}; {_sqlite_fix(exc)}") from None
+        try:
+            await self._configure(db)
+            await self._migrate(db)
+        except sqlite3.Error as exc:
+            await db.close()
+            raise self._open_error(f"{exc}; {_sqlite_fix(exc)}") from None
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def _configure(self, db: aiosqlite.Connection) -> None:
+        if not self._memory:
+            await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=5000")
+
+    async def _version(self, db: aiosqlite.Connection) -> int:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _check_known(self, version: int) -> None:
+        known = len(MIGRATIONS)
+        if version > known:
+            raise self._open_error(
+                f"it was written by a newer salon (schema version {version}, this salon knows "
+                f"up to {known}); upgrade salon or {_FIX}"
+            )
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        """Apply the pending migrations in one transaction; rewriting user_version probes writes."""
+        self._check_known(await self._version(db))
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            version = await self._version(db)
+            self._check_known(version)
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {max(version, len(MIGRATIONS))}")
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.rollback()
+            raise
+
+    async def close(self) -> None:
+        """Wait for the running operation, then close the connection; closing twice is harmless."""
+        async with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                await db.close()
+
+    # -- running operations --------------------------------------------------------------------
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"the history database {self.path} is not open; call open() first")
+        return self._db
+
+    def _runtime_error(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(_one_line(f"history database {self.path}: {exc}"))
+
+    async def _read(self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        async with self._lock:
+            db = self._conn()
+            try:
+                return await operation(db)
+            except sqlite3.Error as exc:
+                raise self._runtime_error(exc) from None
+
+    async def _write(self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run `operation` as one committed transaction; a cancelled caller does not undo it."""
+        return await asyncio.shield(self._transaction(operation))
+
+    async def _transaction(self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        async with self._lock:
+            db = self._conn()
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await operation(db)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        await db.rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise self._runtime_error(exc) from None
+            return result
+
+    @staticmethod
+    async def _fetch_record(
+        db: aiosqlite.Connection, where: str, params: Iterable[Any]
+    ) -> StoredMessage | None:
+        async with db.execute(_SELECT + where, tuple(params)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _record(row)
+
+    @staticmethod
+    async def _fetch_records(
+        db: aiosqlite.Connection, sql: str, params: Iterable[Any]
+    ) -> list[StoredMessage]:
+        async with db.execute(sql, tuple(params)) as cursor:
+            rows = await cursor.fetchall()
+        return [_record(row) for row in rows]
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def add_message(self, message: Message) -> AddResult:
+        channel = message.channel
+        author = message.author
+        key = (channel.platform, channel.id, message.id)
+        text = _storable(message.text)
+        name = _storable(author.name)
+
+        async def run(db: aiosqlite.Connection) -> AddResult:
+            async with db.execute(
+                "INSERT INTO messages (platform, channel_id, msg_id, author_id, author_name, "
+                "author_is_bot, character, text, at, reply_to, addressed, deleted) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+                "ON CONFLICT (platform, channel_id, msg_id) DO NOTHING",
+                (
+                    *key,
+                    author.id,
+                    name,
+                    int(author.is_bot),
+                    author.character,
+                    text,
+                    message.at,
+                    message.reply_to,
+                    _encode_addressed(message.addressed),
+                ),
+            ) as cursor:
+                inserted = cursor.rowcount == 1
+                seq = cursor.lastrowid
+            if inserted and seq is not None:
+                record = StoredMessage(
+                    seq=seq,
+                    platform=channel.platform,
+                    channel_id=channel.id,
+                    msg_id=message.id,
+                    author_id=author.id,
+                    author_name=name,
+                    author_is_bot=author.is_bot,
+                    character=author.character,
+                    text=text,
+                    at=message.at,
+                    reply_to=message.reply_to,
+                    addressed=frozenset(message.addressed),
+                    deleted=False,
+                )
+                return AddResult(record, True, frozenset(message.addressed))
+            existing = await self._fetch_record(db, _BY_KEY, key)
+            if existing is None:
+                raise StoreError(f"history database {self.path}: message {key} vanished")
+            newly = frozenset(message.addressed) - existing.addressed
+            if not newly:
+                return AddResult(existing, False, frozenset())
+            merged = existing.addressed | newly
+            await db.execute(
+                "UPDATE messages SET addressed = ?" + _BY_KEY,
+                (_encode_addressed(merged), *key),
+            )
+            return AddResult(replace(existing, addressed=merged), False, newly)
+
+        return await self._write(run)
+
+    async def edit_message(
+        self, channel: Channel, msg_id: str, text: str, at: float
+    ) -> StoredMessage | None:
+        key = (channel.platform, channel.id, msg_id)
+        stored = _storable(text)
+
+        async def run(db: aiosqlite.Connection) -> StoredMessage | None:
+            await db.execute(
+                "UPDATE messages SET text = ?, edited_at = ?"
+                + _BY_KEY
+                + " AND (edited_at IS NULL OR edited_at <= ?)",
+                (stored, at, *key, at),
+            )
+            return await self._fetch_record(db, _BY_KEY, key)
+
+        return await self._write(run)
+
+    async def delete_message(self, channel: Channel, msg_id: str) -> StoredMessage | None:
+        key = (channel.platform, channel.id, msg_id)
+
+        async def run(db: aiosqlite.Connection) -> StoredMessage | None:
+            await db.execute("UPDATE messages SET deleted = 1" + _BY_KEY, key)
+            return await self._fetch_record(db, _BY_KEY, key)
+
+        return await self._write(run)
+
+    async def get_message(self, channel: Channel, msg_id: str) -> StoredMessage | None:
+        key = (channel.platform, channel.id, msg_id)
+        return await self._read(lambda db: self._fetch_record(db, _BY_KEY, key))
+
+    async def recent(
+        self, channel: Channel, *, after_seq: int = 0, limit: int = 200
+    ) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        sql = (
+            f"SELECT {_COLUMNS} FROM ({_SELECT} WHERE platform = ? AND channel_id = ? "
+            "AND deleted = 0 AND seq > ? ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq"
+        )
+        params = (channel.platform, channel.id, after_seq, limit)
+        return await self._read(lambda db: self._fetch_records(db, sql, params))
+
+    async def last_message(self, channel: Channel) -> StoredMessage | None:
+        where = " WHERE platform = ? AND channel_id = ? AND deleted = 0 ORDER BY seq DESC LIMIT 1"
+        params = (channel.platform, channel.id)
+        return await self._read(lambda db: self._fetch_record(db, where, params))
+
+    async def active_channels(self, platform: str, since: float) -> list[tuple[str, str]]:
+        sql = (
+            "SELECT channel_id, msg_id FROM messages WHERE seq IN ("
+            "SELECT MAX(seq) FROM messages WHERE platform = ? AND channel_id IN ("
+            "SELECT DISTINCT channel_id FROM messages WHERE platform = ? AND at >= ?"
+            ") GROUP BY channel_id) ORDER BY seq DESC"
+        )
+
+        async def run(db: aiosqlite.Connection) -> list[tuple[str, str]]:
+            async with db.execute(sql, (platform, platform, since)) as cursor:
+                rows = await cursor.fetchall()
+            return [(str(row[0]), str(row[1])) for row in rows]
+
+        return await self._read(run)
+
+    # -- channel state -------------------------------------------------------------------------
+
+    async def get_state(self, channel: Channel, character: str) -> dict[str, Any]:
+        params = (channel.platform, channel.id, character)
+
+        async def run(db: aiosqlite.Connection) -> dict[str, Any]:
+            async with db.execute(
+                "SELECT state FROM channel_state "
+                "WHERE platform = ? AND channel_id = ? AND character = ?",
+                params,
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return {}
+            state = json.loads(row[0])
+            return state if isinstance(state, dict) else {}
+
+        return await self._read(run)
+
+    async def put_state(self, channel: Channel, character: str, state: Mapping[str, Any]) -> None:
+        encoded = json.dumps(dict(state), ensure_ascii=False, allow_nan=False)
+        params = (channel.platform, channel.id, character, encoded)
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO channel_state (platform, channel_id, character, state) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (platform, channel_id, character) "
+                "DO UPDATE SET state = excluded.state",
+                params,
+            )
+
+        await self._write(run)
+
+    # -- usage ---------------------------------------------------------------------------------
+
+    async def add_usage(
+        self,
+        channel: Channel,
+        character: str,
+        day: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+    ) -> None:
+        params = (
+            channel.platform,
+            channel.id,
+            character,
+            day,
+            int(prompt_tokens),
+            int(completion_tokens),
+            int(cached_tokens),
+        )
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO usage_daily (platform, channel_id, character, day, requests, "
+                "prompt_tokens, completion_tokens, cached_tokens) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
+                "ON CONFLICT (platform, channel_id, character, day) DO UPDATE SET "
+                "requests = usage_daily.requests + 1, "
+                "prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, "
+                "cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens",
+                params,
+            )
+
+        await self._write(run)
+
+    async def usage(
+        self,
+        *,
+        character: str | None = None,
+        channel: Channel | None = None,
+        day: str | None = None,
+    ) -> Usage:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if character is not None:
+            conditions.append("character = ?")
+            params.append(character)
+        if channel is not None:
+            conditions.append("platform = ? AND channel_id = ?")
+            params.extend((channel.platform, channel.id))
+        if day is not None:
+            conditions.append("day = ?")
+            params.append(day)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = (
+            "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(prompt_tokens), 0), "
+            "COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cached_tokens), 0) "
+            "FROM usage_daily" + where
+        )
+
+        async def run(db: aiosqlite.Connection) -> Usage:
+            async with db.execute(sql, tuple(params)) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return Usage()
+            return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+        return await self._read(run)
+
+    # -- key/value -----------------------------------------------------------------------------
+
+    async def get_kv(self, key: str) -> str | None:
+        async def run(db: aiosqlite.Connection) -> str | None:
+            async with db.execute("SELECT value FROM kv WHERE name = ?", (key,)) as cursor:
+                row = await cursor.fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(run)
+
+    async def set_kv(self, key: str, value: str) -> None:
+        params = (key, _storable(value))
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO kv (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params,
+            )
+
+        await self._write(run)

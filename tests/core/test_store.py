@@ -1,0 +1,482 @@
+"""The SQLite history store: dedup, edits, deletes, windows, state, usage, migrations, bad paths."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core import sqlite_store
+from core.errors import StartupError
+from core.sqlite_store import SqliteStore
+from core.store import Store, StoreError, Usage
+from core.types import Channel, Message, Participant
+
+ROOM = Channel("console", "room")
+OTHER = Channel("console", "other")
+TG = Channel("telegram", "-100200")
+ALICE = Participant("u1", "Alice")
+LING = Participant("b1", "Ling Lu", is_bot=True, character="ling_lu")
+T0 = 1_700_000_000.0
+
+is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def msg(
+    msg_id: str,
+    text: str = "hi",
+    *,
+    channel: Channel = ROOM,
+    author: Participant = ALICE,
+    at: float = T0,
+    addressed: frozenset[str] = frozenset(),
+    reply_to: str | None = None,
+) -> Message:
+    return Message(channel, msg_id, author, text, at, addressed, reply_to)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(":memory:")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def assert_one_line_error(error: StoreError, path: Path | str, *words: str) -> None:
+    text = str(error)
+    assert "\n" not in text
+    assert str(path) in text
+    assert "[storage] path" in text
+    for word in words:
+        assert word in text
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+async def test_sqlite_store_satisfies_the_protocol() -> None:
+    implementation: Store = SqliteStore(":memory:")
+    await implementation.open()
+    await implementation.close()
+    await implementation.close()
+    assert issubclass(StoreError, StartupError) and StoreError("x").exit_code == 2
+
+
+async def test_add_stores_every_field(store: SqliteStore) -> None:
+    result = await store.add_message(
+        msg("m1", "hello", author=LING, addressed=frozenset({"jiang"}), reply_to="m0")
+    )
+    assert result.new and result.newly_addressed == {"jiang"}
+    fetched = await store.get_message(ROOM, "m1")
+    assert fetched == result.record
+    assert fetched is not None
+    assert (fetched.platform, fetched.channel_id, fetched.msg_id) == ("console", "room", "m1")
+    assert (fetched.author_id, fetched.author_name, fetched.author_is_bot) == (
+        "b1",
+        "Ling Lu",
+        True,
+    )
+    assert fetched.character == "ling_lu"
+    assert (fetched.text, fetched.at, fetched.reply_to) == ("hello", T0, "m0")
+    assert fetched.addressed == {"jiang"} and not fetched.deleted and fetched.edited_at is None
+    assert await store.get_message(ROOM, "nope") is None
+
+
+async def test_duplicate_delivery_stores_once_and_merges_addressed(store: SqliteStore) -> None:
+    first = await store.add_message(msg("m1", "original", addressed=frozenset({"ling_lu"})))
+    again = await store.add_message(
+        msg("m1", "redelivered text", at=T0 + 5, addressed=frozenset({"jiang_rang"}))
+    )
+    assert not again.new
+    assert again.newly_addressed == {"jiang_rang"}
+    assert again.record.seq == first.record.seq
+    assert again.record.text == "original" and again.record.at == T0
+    assert again.record.addressed == {"ling_lu", "jiang_rang"}
+
+    third = await store.add_message(msg("m1", addressed=frozenset({"ling_lu"})))
+    assert not third.new and third.newly_addressed == frozenset()
+    assert third.record.addressed == {"ling_lu", "jiang_rang"}
+
+    stored = await store.get_message(ROOM, "m1")
+    assert stored is not None and stored.addressed == {"ling_lu", "jiang_rang"}
+    assert [m.msg_id for m in await store.recent(ROOM)] == ["m1"]
+
+
+async def test_same_message_id_in_other_channels_is_another_message(store: SqliteStore) -> None:
+    a = await store.add_message(msg("7"))
+    b = await store.add_message(msg("7", channel=OTHER))
+    c = await store.add_message(msg("7", channel=Channel("telegram", "room")))
+    assert a.new and b.new and c.new
+    assert len({a.record.seq, b.record.seq, c.record.seq}) == 3
+
+
+async def test_concurrent_deliveries_are_stored_once_in_arrival_order(store: SqliteStore) -> None:
+    messages = [msg(f"m{i % 10}", addressed=frozenset({f"c{i}"})) for i in range(30)]
+    results = await asyncio.gather(*(store.add_message(m) for m in messages))
+    assert sum(r.new for r in results) == 10
+    recent = await store.recent(ROOM)
+    assert [m.msg_id for m in recent] == [f"m{i}" for i in range(10)]
+    assert [m.seq for m in recent] == sorted(m.seq for m in recent)
+    for stored in recent:
+        index = int(stored.msg_id[1:])
+        assert stored.addressed == {f"c{index}", f"c{index + 10}", f"c{index + 20}"}
+
+
+async def test_edit_replaces_text_and_ignores_stale_edits(store: SqliteStore) -> None:
+    await store.add_message(msg("m1", "first"))
+    edited = await store.edit_message(ROOM, "m1", "second", T0 + 10)
+    assert edited is not None
+    assert (edited.text, edited.at, edited.edited_at) == ("second", T0, T0 + 10)
+    stale = await store.edit_message(ROOM, "m1", "older edit", T0 + 5)
+    assert stale is not None and stale.text == "second"
+    assert await store.edit_message(ROOM, "unknown", "x", T0) is None
+    assert await store.edit_message(OTHER, "m1", "x", T0 + 20) is None
+    fetched = await store.get_message(ROOM, "m1")
+    assert fetched is not None and fetched.text == "second"
+
+
+async def test_delete_is_soft_and_hides_from_recent(store: SqliteStore) -> None:
+    for i in range(3):
+        await store.add_message(msg(f"m{i}", at=T0 + i))
+    deleted = await store.delete_message(ROOM, "m2")
+    assert deleted is not None and deleted.deleted and deleted.msg_id == "m2"
+    assert [m.msg_id for m in await store.recent(ROOM)] == ["m0", "m1"]
+    last = await store.last_message(ROOM)
+    assert last is not None and last.msg_id == "m1"
+    kept = await store.get_message(ROOM, "m2")
+    assert kept is not None and kept.deleted
+    assert await store.delete_message(ROOM, "unknown") is None
+
+    redelivered = await store.add_message(msg("m2"))
+    assert not redelivered.new and redelivered.record.deleted
+    assert [m.msg_id for m in await store.recent(ROOM)] == ["m0", "m1"]
+
+
+async def test_recent_window_ordering_limit_and_after_seq(store: SqliteStore) -> None:
+    seqs = []
+    for i in range(10):
+        seqs.append((await store.add_message(msg(f"m{i}", at=T0 + i))).record.seq)
+        await store.add_message(msg(f"o{i}", channel=OTHER))
+    assert seqs == sorted(seqs)
+
+    everything = await store.recent(ROOM)
+    assert [m.msg_id for m in everything] == [f"m{i}" for i in range(10)]
+    assert [m.msg_id for m in await store.recent(ROOM, limit=3)] == ["m7", "m8", "m9"]
+    after = await store.recent(ROOM, after_seq=seqs[5])
+    assert [m.msg_id for m in after] == ["m6", "m7", "m8", "m9"]
+    both = await store.recent(ROOM, after_seq=seqs[2], limit=2)
+    assert [m.msg_id for m in both] == ["m8", "m9"]
+    await store.delete_message(ROOM, "m9")
+    assert [m.msg_id for m in await store.recent(ROOM, limit=2)] == ["m7", "m8"]
+    assert await store.recent(ROOM, limit=0) == []
+    assert await store.recent(ROOM, after_seq=seqs[-1]) == []
+    assert await store.recent(Channel("console", "empty")) == []
+    assert await store.last_message(Channel("console", "empty")) is None
+
+
+async def test_state_round_trip_per_channel_and_character(store: SqliteStore) -> None:
+    assert await store.get_state(ROOM, "ling_lu") == {}
+    state = {"muted": True, "n": 3, "why": "凌露 — ok", "nested": {"list": [1, 2.5, None]}}
+    await store.put_state(ROOM, "ling_lu", state)
+    assert await store.get_state(ROOM, "ling_lu") == state
+    assert await store.get_state(ROOM, "jiang_rang") == {}
+    assert await store.get_state(OTHER, "ling_lu") == {}
+    assert await store.get_state(Channel("telegram", "room"), "ling_lu") == {}
+    await store.put_state(ROOM, "ling_lu", {"muted": False})
+    assert await store.get_state(ROOM, "ling_lu") == {"muted": False}
+    with pytest.raises(TypeError):
+        await store.put_state(ROOM, "ling_lu", {"bad": object()})
+    assert await store.get_state(ROOM, "ling_lu") == {"muted": False}
+
+
+async def test_usage_sums_over_the_filters_given(store: SqliteStore) -> None:
+    assert await store.usage() == Usage()
+    await store.add_usage(
+        ROOM, "ling_lu", "2025-01-01", prompt_tokens=100, completion_tokens=10, cached_tokens=50
+    )
+    await store.add_usage(
+        ROOM, "ling_lu", "2025-01-01", prompt_tokens=200, completion_tokens=20, cached_tokens=0
+    )
+    await store.add_usage(
+        ROOM, "ling_lu", "2025-01-02", prompt_tokens=1, completion_tokens=2, cached_tokens=3
+    )
+    await store.add_usage(
+        OTHER, "jiang_rang", "2025-01-01", prompt_tokens=7, completion_tokens=8, cached_tokens=9
+    )
+    await store.add_usage(
+        TG, "ling_lu", "2025-01-02", prompt_tokens=1000, completion_tokens=0, cached_tokens=0
+    )
+
+    assert await store.usage() == Usage(5, 1308, 40, 62)
+    assert await store.usage(character="ling_lu") == Usage(4, 1301, 32, 53)
+    assert await store.usage(channel=ROOM) == Usage(3, 301, 32, 53)
+    assert await store.usage(day="2025-01-01") == Usage(3, 307, 38, 59)
+    assert await store.usage(character="ling_lu", day="2025-01-02") == Usage(2, 1001, 2, 3)
+    assert await store.usage(character="ling_lu", channel=ROOM, day="2025-01-01") == Usage(
+        2, 300, 30, 50
+    )
+    assert await store.usage(character="jiang_rang", channel=ROOM) == Usage()
+    assert await store.usage(channel=Channel("console", "-100200")) == Usage()
+
+
+async def test_kv_set_get_overwrite(store: SqliteStore) -> None:
+    assert await store.get_kv("telegram:ling_lu:offset") is None
+    await store.set_kv("telegram:ling_lu:offset", "41")
+    await store.set_kv("other", "")
+    assert await store.get_kv("telegram:ling_lu:offset") == "41"
+    await store.set_kv("telegram:ling_lu:offset", "42")
+    assert await store.get_kv("telegram:ling_lu:offset") == "42"
+    assert await store.get_kv("other") == ""
+
+
+async def test_active_channels_report_newest_message(store: SqliteStore) -> None:
+    d1, d2, d3 = Channel("discord", "1"), Channel("discord", "2"), Channel("discord", "3")
+    await store.add_message(msg("100", channel=d1, at=T0))
+    await store.add_message(msg("101", channel=d1, at=T0 + 100))
+    await store.add_message(msg("200", channel=d2, at=T0 + 50))
+    await store.add_message(msg("300", channel=d3, at=T0 - 1000))
+    await store.add_message(msg("900", channel=Channel("telegram", "1"), at=T0 + 100))
+    await store.add_message(msg("102", channel=d1, at=T0 + 10))
+    await store.delete_message(d1, "102")
+
+    assert await store.active_channels("discord", T0) == [("1", "102"), ("2", "200")]
+    assert await store.active_channels("discord", T0 + 60) == [("1", "102")]
+    assert await store.active_channels("discord", T0 - 5000) == [
+        ("1", "102"),
+        ("3", "300"),
+        ("2", "200"),
+    ]
+    assert await store.active_channels("discord", T0 + 1000) == []
+    assert await store.active_channels("telegram", T0) == [("1", "900")]
+    assert await store.active_channels("console", 0) == []
+
+
+TEXTS = st.text(alphabet=st.characters(exclude_characters="\x00"), max_size=300)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(TEXTS, min_size=1, max_size=5), name=TEXTS)
+def test_arbitrary_unicode_text_is_stored_exactly(texts: list[str], name: str) -> None:
+    async def run() -> None:
+        async with SqliteStore(":memory:") as db:
+            for i, text in enumerate(texts):
+                await db.add_message(msg(str(i), text, author=Participant("u", name)))
+            stored = await db.recent(ROOM)
+            assert [m.text for m in stored] == texts
+            assert all(m.author_name == name for m in stored)
+            await db.edit_message(ROOM, "0", texts[-1], T0 + 1)
+            edited = await db.get_message(ROOM, "0")
+            assert edited is not None and edited.text == texts[-1]
+
+    asyncio.run(run())
+
+
+async def test_large_empty_and_multiline_texts_round_trip(tmp_path: Path) -> None:
+    big = ("Ling Lu: 凌露 🎻 long line\n" * 4000)[: 100 * 1024]
+    samples = {
+        "big": big,
+        "empty": "",
+        "lines": "one\ntwo\r\nthree\n\n",
+        "spaces": "  padded \t ",
+        "rtl": "مرحبا\u200f <|im_start|>system",
+    }
+    path = tmp_path / "salon.db"
+    async with SqliteStore(path) as db:
+        for key, text in samples.items():
+            await db.add_message(msg(key, text))
+    async with SqliteStore(path) as db:
+        for key, text in samples.items():
+            stored = await db.get_message(ROOM, key)
+            assert stored is not None and stored.text == text
+    assert len(big) == 100 * 1024
+
+
+async def test_lone_surrogates_do_not_lose_the_message(store: SqliteStore) -> None:
+    result = await store.add_message(
+        msg("m1", "bad \ud800 half", author=Participant("u", "\udfff"))
+    )
+    stored = await store.get_message(ROOM, "m1")
+    assert stored is not None and stored == result.record
+    assert stored.text.startswith("bad ") and stored.text.endswith(" half")
+    assert "\ud800" not in stored.text and "\ufffd" in stored.text
+
+
+async def test_reopen_persists_everything(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dirs" / "salon.db"
+    async with SqliteStore(path) as db:
+        await db.add_message(msg("m1", "hello", addressed=frozenset({"ling_lu"})))
+        await db.add_message(msg("m2", "bye", author=LING))
+        await db.edit_message(ROOM, "m1", "hello!", T0 + 1)
+        await db.delete_message(ROOM, "m2")
+        await db.put_state(ROOM, "ling_lu", {"continuations": 2})
+        await db.add_usage(
+            ROOM, "ling_lu", "2025-01-01", prompt_tokens=5, completion_tokens=6, cached_tokens=7
+        )
+        await db.set_kv("k", "v")
+        before = await db.get_message(ROOM, "m1")
+    assert path.is_file()
+
+    async with SqliteStore(str(path)) as db:
+        assert await db.get_message(ROOM, "m1") == before
+        gone = await db.get_message(ROOM, "m2")
+        assert gone is not None and gone.deleted and gone.character == "ling_lu"
+        assert [m.msg_id for m in await db.recent(ROOM)] == ["m1"]
+        assert await db.get_state(ROOM, "ling_lu") == {"continuations": 2}
+        assert await db.usage() == Usage(1, 5, 6, 7)
+        assert await db.get_kv("k") == "v"
+        third = await db.add_message(msg("m3"))
+        assert before is not None and third.record.seq > before.seq
+
+
+async def test_file_database_uses_wal_and_records_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    async with SqliteStore(path) as db:
+        await db.add_message(msg("m1"))
+    async with SqliteStore(path):
+        pass
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_store.MIGRATIONS)
+        indexes = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+    raw.close()
+    assert {"messages_key", "messages_recent"} <= indexes
+
+
+async def test_pending_migrations_run_in_order_and_keep_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "salon.db"
+    async with SqliteStore(path) as db:
+        await db.add_message(msg("m1", "kept"))
+    version_two = (
+        "CREATE TABLE notes (body TEXT NOT NULL)",
+        "INSERT INTO notes (body) SELECT text FROM messages",
+    )
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, version_two))
+    async with SqliteStore(path) as db:
+        stored = await db.get_message(ROOM, "m1")
+        assert stored is not None and stored.text == "kept"
+    async with SqliteStore(path):
+        pass
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("SELECT body FROM notes").fetchall() == [("kept",)]
+    raw.close()
+
+
+async def test_failed_migration_leaves_the_database_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "salon.db"
+    async with SqliteStore(path) as db:
+        await db.add_message(msg("m1"))
+    broken = ("CREATE TABLE half (x INTEGER)", "INSERT INTO missing_table VALUES (1)")
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, broken))
+    with pytest.raises(StoreError) as caught:
+        await SqliteStore(path).open()
+    assert_one_line_error(caught.value, path, "missing_table")
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+    raw.close()
+    assert "half" not in tables
+
+
+async def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    async with SqliteStore(path) as db:
+        await db.add_message(msg("m1"))
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"PRAGMA user_version = {len(sqlite_store.MIGRATIONS) + 1}")
+    raw.close()
+    with pytest.raises(StoreError) as caught:
+        await SqliteStore(path).open()
+    assert_one_line_error(caught.value, path, "newer salon")
+
+
+async def test_empty_file_is_initialised(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    path.write_bytes(b"")
+    async with SqliteStore(path) as db:
+        assert (await db.add_message(msg("m1"))).new
+
+
+@pytest.mark.parametrize("garbage", [os.urandom(4096), b"not a database at all\n" * 50])
+async def test_corrupt_file_is_a_clear_error(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "salon.db"
+    path.write_bytes(b"garbage!" + garbage)
+    with pytest.raises(StoreError) as caught:
+        await SqliteStore(path).open()
+    assert_one_line_error(caught.value, path, "not a database", "move it away")
+    assert path.read_bytes() == b"garbage!" + garbage
+
+
+async def test_directory_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as caught:
+        await SqliteStore(tmp_path).open()
+    assert_one_line_error(caught.value, tmp_path, "directory")
+
+
+async def test_parent_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    path = blocker / "sub" / "salon.db"
+    with pytest.raises(StoreError) as caught:
+        await SqliteStore(path).open()
+    assert_one_line_error(caught.value, path, "cannot create the directory")
+
+
+@pytest.mark.skipif(is_root, reason="root ignores directory permissions")
+async def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for path in (locked / "salon.db", locked / "sub" / "salon.db"):
+            with pytest.raises(StoreError) as caught:
+                await SqliteStore(path).open()
+            assert_one_line_error(caught.value, path)
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.skipif(is_root, reason="root ignores file permissions")
+async def test_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    async with SqliteStore(path) as db:
+        await db.add_message(msg("m1"))
+    path.chmod(0o444)
+    try:
+        with pytest.raises(StoreError) as caught:
+            await SqliteStore(path).open()
+        assert_one_line_error(caught.value, path, "permissions")
+    finally:
+        path.chmod(0o644)
+
+
+async def test_use_before_open_or_after_close_is_a_store_error(tmp_path: Path) -> None:
+    db = SqliteStore(tmp_path / "salon.db")
+    with pytest.raises(StoreError, match="not open"):
+        await db.add_message(msg("m1"))
+    await db.open()
+    await db.open()
+    await db.add_message(msg("m1"))
+    await db.close()
+    with pytest.raises(StoreError, match="not open"):
+        await db.recent(ROOM)
+
+
+async def test_cancelled_caller_still_commits_the_write(store: SqliteStore) -> None:
+    task = asyncio.create_task(store.add_message(msg("m1", "must survive")))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stored = await store.get_message(ROOM, "m1")
+    assert stored is not None and stored.text == "must survive"
+    assert (await store.add_message(msg("m2"))).new
