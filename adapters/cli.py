@@ -67,7 +67,7 @@ def _load(arg: str | None, bots: Sequence[str]) -> tuple[Settings, list[Characte
 
 
 def _console(args: argparse.Namespace) -> int:
-    from adapters.console import configure_logging, run_console
+    from adapters.console import run_console
     from core.clock import RealClock, VirtualClock
 
     settings, characters = _load(args.config, args.bot)
@@ -75,12 +75,12 @@ def _console(args: argparse.Namespace) -> int:
     if len(set(keys)) != len(keys):
         sys.stderr.write("salon: the same --bot is given twice\n")
         return 2
-    configure_logging(sys.stderr, verbose=not args.quiet)
     clock = VirtualClock() if args.clock == "virtual" else RealClock()
     return asyncio.run(
         run_console(
             settings, characters, direct=args.direct, as_name=args.as_name,
             channel_id=args.channel, clock=clock, seed=args.seed,
+            verbose=not args.quiet,
         )
     )
 

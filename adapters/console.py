@@ -218,6 +218,13 @@ class Console:
     async def finish(self) -> None:
         """End of input: answer what was already said, wait for replies in flight."""
         await self.engine.flush()
+        clock = self.engine.clock
+        if isinstance(clock, VirtualClock):
+            while self.engine.busy():
+                due = clock.next_due()
+                if due is None:
+                    break
+                await clock.advance(max(0.0, due - clock.now()), idle=self.engine.idle)
         await self.engine.idle()
 
 
@@ -250,6 +257,7 @@ async def run_console(
     out: TextIO | None = None,
     err: TextIO | None = None,
     seed: int | None = None,
+    verbose: bool = True,
 ) -> int:
     """Run a console session until /quit or end of input; the exit code."""
     import random
@@ -263,6 +271,7 @@ async def run_console(
         err.write("salon: --direct takes exactly one --bot (a direct chat has one character)\n")
         return 2
     clock = clock or RealClock()
+    configure_logging(err, verbose)
     try:
         async with build_engine(
             settings, list(characters), clock=clock, rng=random.Random(seed)

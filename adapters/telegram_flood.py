@@ -9,10 +9,12 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+_EPSILON = 1e-6  # bookings a hair under a second apart count as a second apart (float sums)
+
 
 @dataclass(frozen=True, slots=True)
 class FloodLimits:
-    """Telegram's published limits for one bot: ~1 msg/s per chat, 20/min per group, 30/s overall."""
+    """Telegram's limits for one bot: ~1 msg/s per chat, 20/min per group, 30/s overall."""
 
     per_chat_interval_s: float = 1.0
     group_per_minute: int = 20
@@ -37,16 +39,26 @@ class FloodGate:
             at = max(at, history[-1] + limits.per_chat_interval_s)
         if group and len(history) >= limits.group_per_minute > 0:
             at = max(at, history[-limits.group_per_minute] + 60.0)
-        overall = limits.overall_per_second
-        while overall > 0:
-            lo = bisect.bisect_right(self._all, at - 1.0)
-            hi = bisect.bisect_right(self._all, at)
-            if hi - lo < overall:
-                break
-            at = self._all[hi - overall] + 1.0
+        if not self._fits(at):
+            at = next(t + 1.0 for t in self._all if t + 1.0 > at and self._fits(t + 1.0))
         history.append(at)
         bisect.insort(self._all, at)
         return at
+
+    def _fits(self, at: float) -> bool:
+        """Whether one more send at `at` keeps every one-second window under the overall limit."""
+        limit = self.limits.overall_per_second
+        if limit <= 0:
+            return True
+        later = self._all[
+            bisect.bisect_right(self._all, at) : bisect.bisect_left(self._all, at + 1.0)
+        ]
+        for end in (at, *later):
+            start = bisect.bisect_right(self._all, end - 1.0 + _EPSILON)
+            inside = bisect.bisect_right(self._all, end) - start
+            if inside >= limit:
+                return False
+        return True
 
     def _forget(self, now: float) -> None:
         horizon = now - 60.0

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from telegram import Chat, Message as TgMessage, MessageEntity, Update, User
+from telegram import Chat, MessageEntity, Update, User
+from telegram import Message as TgMessage
 
 from core.types import Channel, Edit, Message, Participant
 
@@ -151,9 +152,7 @@ def is_addressed(message: TgMessage, me: BotIdentity) -> bool:
     return False
 
 
-def author_of(
-    message: TgMessage, character_for: Callable[[str], str | None]
-) -> Participant | None:
+def author_of(message: TgMessage, character_for: Callable[[str], str | None]) -> Participant | None:
     """Who wrote it: the user, or the chat it was sent as (anonymous admins, linked channels)."""
     sender_chat = message.sender_chat
     if sender_chat is not None:
@@ -189,20 +188,28 @@ def route(
         return Skip("own message")
     channel = channel_of(message)
     command = parse_command(message)
-    if command is not None and command.target and command.target.casefold() != me.username.casefold():
+    if (
+        command is not None
+        and command.target
+        and command.target.casefold() != me.username.casefold()
+    ):
         return Skip(f"command for @{command.target}")
     body = body_of(message)
     if edited:
         if body is None or command is not None:
             return Skip("edit without text")
-        return Deliver(Edit(channel, str(message.message_id), body, _timestamp(message, edited=True)))
+        return Deliver(
+            Edit(channel, str(message.message_id), body, _timestamp(message, edited=True))
+        )
     author = author_of(message, character_for)
     if author is None:
         return Skip("no author")
     if command is not None and command.name == "start":
         return OpenDirect(channel) if channel.direct else Skip("/start outside a private chat")
     if command is not None and command.name in COMMANDS:
-        anonymous_admin = message.sender_chat is not None and message.sender_chat.id == message.chat.id
+        anonymous_admin = (
+            message.sender_chat is not None and message.sender_chat.id == message.chat.id
+        )
         return RunCommand(
             channel=channel,
             name=command.name,
@@ -211,7 +218,9 @@ def route(
             message_id=str(message.message_id),
             chat_id=message.chat.id,
             user_id=message.from_user.id if message.from_user else 0,
-            needs_admin=command.name in ADMIN_COMMANDS and not channel.direct and not anonymous_admin,
+            needs_admin=command.name in ADMIN_COMMANDS
+            and not channel.direct
+            and not anonymous_admin,
         )
     if body is None:
         return Skip("no text")

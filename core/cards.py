@@ -193,7 +193,9 @@ def import_card(
             with target.open("x", encoding="utf-8") as handle:
                 handle.write(text)
     except FileExistsError:
-        raise CardError(str(target), "already exists; refusing to overwrite it") from None
+        raise CardError(
+            str(target), "already exists; refusing to overwrite it (--force replaces it)"
+        ) from None
     except OSError as exc:
         raise CardError(str(target), f"cannot write: {exc.strerror or exc}") from None
     return target

@@ -615,7 +615,9 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-_TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+_TOML_POSITION = re.compile(
+    r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|(?P<end>end of document))\)$"
+)
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -637,8 +639,14 @@ def _read_toml(file: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as err:
         raw = str(err)
         match = _TOML_POSITION.match(raw)
-        position = f"line {match['line']}, column {match['col']}" if match else "unknown position"
         message = match["msg"] if match else raw
+        if match and match["end"]:
+            lines = text.split("\n")
+            position = f"line {len(lines)}, column {len(lines[-1]) + 1} (the end of the file)"
+        elif match:
+            position = f"line {match['line']}, column {match['col']}"
+        else:
+            position = "an unknown position"
         raise ConfigError(
             where,
             [

@@ -21,7 +21,7 @@ from core.backends.base import (
     GenerationParams,
     ModerationError,
 )
-from core.clock import Clock, RealClock, TimerHandle
+from core.clock import Clock, RealClock, TimerHandle, VirtualClock
 from core.models import estimated_cost, input_limit
 from core.policy import Candidate, Decision, Knobs, Seen, decide
 from core.store import Store, StoredMessage
@@ -96,6 +96,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._model_slots = asyncio.Semaphore(max(1, settings.llm.max_concurrency))
         self._budget_warned: set[tuple[str, str]] = set()
+        self._clock_waits = 0
         self.on_fatal: Callable[[BackendError], None] | None = None
 
     # ----- identities -------------------------------------------------------------------
@@ -227,10 +228,30 @@ class Engine:
         await self.idle()
 
     async def idle(self) -> None:
-        """Wait until no decision or generation is running."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait until no decision or generation is running.
+
+        On a virtual clock a task sleeping through a retry backoff can only go on when time
+        moves, so such tasks count as settled (the caller advances the clock).
+        """
+        virtual = isinstance(self.clock, VirtualClock)
+        while True:
+            pending = [t for t in self._tasks if not t.done()]
+            if not pending or (virtual and self._clock_waits >= len(pending)):
+                break
+            await asyncio.wait(pending, timeout=0.01 if virtual else None)
         await asyncio.sleep(0)
+
+    def busy(self) -> bool:
+        """Whether a decision or generation is still running."""
+        return any(not t.done() for t in self._tasks)
+
+    async def backoff_sleep(self, seconds: float) -> None:
+        """The backend's retry wait, on the engine's clock (so tests never wait for real)."""
+        self._clock_waits += 1
+        try:
+            await self.clock.sleep(seconds)
+        finally:
+            self._clock_waits -= 1
 
     # ----- decisions ----------------------------------------------------------------------
     async def _candidate(self, actor: _Actor, key: str, recent: list[StoredMessage]) -> Candidate:
@@ -340,7 +361,10 @@ class Engine:
         if len(rows) > limit:
             rows = rows[-(limit // 2) :]
             start = rows[0].seq
-        turns = [P.Turn(r.seq, r.author_id, r.author_name, r.text, r.character == key) for r in rows]
+        turns = [
+            P.Turn(r.seq, r.author_id, r.author_name, r.text, r.character == key, r.character)
+            for r in rows
+        ]
         scale = float(state.get("token_scale", 1.0))
         budget = input_limit(self.settings.llm.model, self.settings.llm.input_limit)
         budget -= P.estimate_tokens(ch.profile) + 64
@@ -649,17 +673,23 @@ async def build_engine(
     if store is None:
         store = SqliteStore(settings.storage_path())
     await store.open()
+    engine_ref: list[Engine] = []
+
+    async def backoff(seconds: float) -> None:
+        await engine_ref[0].backoff_sleep(seconds)
+
     if backend is None:
         llm = settings.llm
         backend = make_backend(
             provider=llm.provider, base_url=llm.base_url, api_key=settings.api_key(),
             model=llm.model, prefill=llm.prefill, timeout_s=llm.timeout_s,
-            max_retries=llm.max_retries, stream=llm.stream, sleep=clock.sleep,
+            max_retries=llm.max_retries, stream=llm.stream, sleep=backoff,
             rng=random.Random(rng.random() if rng else None),
         )
     engine = Engine(
         settings=settings, characters=chars, store=store, backend=backend, clock=clock, rng=rng
     )
+    engine_ref.append(engine)
     try:
         yield engine
     finally:

@@ -115,7 +115,9 @@ def decide(
         if not pending:
             if last is not None and last.character == c.key and c.last_spoke_at is not None:
                 k = c.knobs
-                if k.max_continuations <= c.continuations:
+                if looping and len({m.author_id for m in recent[-loop_limit:]}) > 1:
+                    why[c.key] = "silent: bots were talking among themselves (loop guard)"
+                elif k.max_continuations <= c.continuations:
                     why[c.key] = f"silent: already continued {c.continuations} time(s) unanswered"
                 elif not direct and k.talkativeness <= 0:
                     why[c.key] = "silent: talkativeness 0 never continues unprompted"
@@ -164,9 +166,9 @@ def decide(
         return Decision(None, None, reason, frozenset(handled), why, min(wake) if wake else None)
     ranked.sort()
     tier, _, speaker = ranked[0]
-    for _, _, other in ranked[1:]:
-        if tier != 0 or other not in {k for t, _, k in ranked if t == 0}:
-            why[other] = f"silent: {speaker} speaks first ({why[other]})"
+    for t, _, other in ranked[1:]:
+        state = "waiting" if t == 0 else "silent"
+        why[other] = f"{state}: {speaker} speaks first ({why[other]})"
     mode: Mode = "continue" if tier == 3 else "reply"
     handled.add(speaker)
     handled.update(k for t, _, k in ranked if t in (1, 2) and k != speaker)

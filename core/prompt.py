@@ -29,6 +29,7 @@ class Turn:
     speaker: str
     text: str
     own: bool
+    character: str | None = None
 
 
 def partial(name: str) -> Msg:
@@ -64,7 +65,7 @@ def build_messages(
     turns = [t for t in turns if t.text.strip()]
     own_names = (persona.name, *persona.aliases)
     names = unique_names(
-        ((t.speaker_id, t.speaker) for t in turns if not t.own),
+        ((t.speaker_id, t.speaker, t.character is not None) for t in turns if not t.own),
         reserved=(*own_names, *reserved_names),
     )
     known = (*own_names, *reserved_names, *names.values())

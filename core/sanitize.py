@@ -56,27 +56,28 @@ def short_tag(identity: str) -> str:
 
 
 def unique_names(
-    speakers: Iterable[tuple[str, str]], reserved: Iterable[str]
+    speakers: Iterable[tuple[str, str, bool]], reserved: Iterable[str]
 ) -> dict[str, str]:
     """Map speaker identity -> prompt name, so that no two identities share a name.
 
-    `speakers` are (identity, raw display name) of everyone except the character the prompt
-    is for; `reserved` are names that belong to characters. A speaker whose name collides with
-    a reserved name or with another identity's name gets a stable `#tag` suffix.
+    `speakers` are (identity, raw display name, is a salon character) of everyone except the
+    character the prompt is for; `reserved` are the characters' names. A human whose name
+    collides with a character's or with another identity's gets a stable `#tag` suffix; a
+    genuine character keeps its name.
     """
     reserved_keys = {canonical_name(n) for n in reserved if n.strip()}
-    rendered: dict[str, str] = {}
+    rendered: dict[str, tuple[str, bool]] = {}
     owners: dict[str, set[str]] = {}
-    for identity, raw in speakers:
+    for identity, raw, is_character in speakers:
         if identity in rendered:
             continue
         name = display_name(raw)
-        rendered[identity] = name
+        rendered[identity] = (name, is_character)
         owners.setdefault(canonical_name(name), set()).add(identity)
     result: dict[str, str] = {}
-    for identity, name in rendered.items():
+    for identity, (name, is_character) in rendered.items():
         key = canonical_name(name)
-        if key in reserved_keys or len(owners[key]) > 1:
+        if not is_character and (key in reserved_keys or len(owners[key]) > 1):
             name = f"{name} #{short_tag(identity)}"
         result[identity] = name
     return result

@@ -90,7 +90,7 @@ def _storable(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
     return text
 
 
@@ -144,11 +144,11 @@ def _sqlite_fix(exc: sqlite3.Error) -> str:
 
 
 class SqliteStore:
-    """The `Store` on one SQLite file (or ":memory:"), created with its directories on first open."""
+    """The `Store` on one SQLite file or ":memory:"; missing directories are created on open."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._memory = os.fspath(path) == MEMORY
-        self._path = Path(MEMORY) if self._memory else Path(os.fspath(path)).expanduser()
+        self._path = Path(MEMORY) if self._memory else Path(os.fspath(path)).expanduser().absolute()
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -181,6 +181,9 @@ class SqliteStore:
         parent = path.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+            raise self._open_error(f"{blocker} is a file, not a directory; {_FIX}") from None
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise self._open_error(
@@ -198,7 +201,7 @@ class SqliteStore:
             )
 
     async def open(self) -> None:
-        """Connect, set WAL/synchronous, bring the schema up to date, and prove the file writable."""
+        """Connect, set WAL, bring the schema up to date, and prove the file writable."""
         async with self._lock:
             if self._db is None:
                 self._db = await self._connect()

@@ -69,6 +69,8 @@ def make_backend(
         wire = DashScopeWire(model, dialect)
     else:
         raise ValueError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+    if not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must start with http:// or https:// (got {base_url!r})")
     if timeout_s <= 0:
         raise ValueError("timeout_s must be positive")
     if max_retries < 0:

@@ -12,11 +12,11 @@ from core.backends.wire import (
     StreamState,
     as_int,
     cached_tokens,
-    choice_index,
+    candidates,
     choice_list,
-    ordered,
+    feed_choices,
     param_fields,
-    text_of,
+    usage_of,
 )
 
 
@@ -50,41 +50,22 @@ class DashScopeWire:
         if not isinstance(payload, Mapping):
             raise MalformedResponseError("the response is not an object")
         choices = choice_list(payload.get("output"), "the response's output")
-        texts = {choice_index(c, i): text_of(c.get("message")) for i, c in enumerate(choices)}
-        usage = _usage(payload)
+        usage = usage_of(payload)
         return ChatResult(
-            candidates=ordered(texts),
+            candidates=candidates(choices),
             prompt_tokens=as_int(usage.get("input_tokens")),
             completion_tokens=as_int(usage.get("output_tokens")),
             cached_tokens=cached_tokens(usage),
         )
 
     def feed(self, payload: Any, state: StreamState) -> None:
-        if not isinstance(payload, Mapping):
-            raise MalformedResponseError("a stream chunk is not an object")
-        output = payload.get("output")
-        if not isinstance(output, Mapping):
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("output"), Mapping):
             raise MalformedResponseError("a stream chunk has no output")
-        choices = output.get("choices") or []
-        if not isinstance(choices, list):
-            raise MalformedResponseError("a stream chunk's choices is not a list")
-        for position, choice in enumerate(choices):
-            if not isinstance(choice, Mapping):
-                raise MalformedResponseError("a stream choice is not an object")
-            state.add(
-                choice_index(choice, position),
-                text_of(choice.get("message")),
-                choice.get("finish_reason"),
-            )
+        feed_choices(payload["output"].get("choices"), state, "message")
         if isinstance(payload.get("usage"), Mapping):
-            usage = _usage(payload)
+            usage = usage_of(payload)
             state.set_usage(
                 as_int(usage.get("input_tokens")),
                 as_int(usage.get("output_tokens")),
                 cached_tokens(usage),
             )
-
-
-def _usage(payload: Mapping[str, Any]) -> Mapping[str, Any]:
-    usage = payload.get("usage")
-    return usage if isinstance(usage, Mapping) else {}

@@ -100,7 +100,8 @@ def fault_from_status(
         return RequestRejectedError(
             f"{host} answered with a redirect (HTTP {status}); check the configured base_url"
         )
-    return RequestRejectedError(f"{host} rejected the request (HTTP {status}{detail})")
+    hint = "; check the configured base_url and model" if status in (404, 405) else ""
+    return RequestRejectedError(f"{host} rejected the request (HTTP {status}{detail}){hint}")
 
 
 def fault_from_error_object(

@@ -100,7 +100,9 @@ class HttpBackend:
             ) from exc
         except httpx.TransportError as exc:
             raise TransientFault(self._connection_cause(exc)) from exc
-        self._check_status(response, response.text)
+        except httpx.DecodingError as exc:
+            raise MalformedResponseError(f"{self._host} sent an undecodable body") from exc
+        self._check_status(response)
         return self._parse_body(response.content)
 
     async def _attempt_stream(self, content: bytes, headers: dict[str, str]) -> ChatResult:
@@ -110,7 +112,7 @@ class HttpBackend:
         ) as response:
             if not response.is_success:
                 await response.aread()
-                self._check_status(response, response.text)
+                self._check_status(response)
             if response.headers.get("content-type", "").startswith("application/json"):
                 return self._parse_body(await response.aread())
             decoder = SseDecoder()
@@ -137,12 +139,12 @@ class HttpBackend:
             raise fault_from_error_object(*error, host=self._host, secret=self._secret)
         self._guard(lambda: self._wire.feed(payload, state))
 
-    def _check_status(self, response: httpx.Response, text: str) -> None:
+    def _check_status(self, response: httpx.Response) -> None:
         if response.is_success:
             return
         raise fault_from_status(
             response.status_code,
-            text,
+            response.text,
             host=self._host,
             retry_after=response.headers.get("retry-after"),
             secret=self._secret,

@@ -12,11 +12,11 @@ from core.backends.wire import (
     StreamState,
     as_int,
     cached_tokens,
-    choice_index,
+    candidates,
     choice_list,
-    ordered,
+    feed_choices,
     param_fields,
-    text_of,
+    usage_of,
 )
 
 
@@ -49,10 +49,9 @@ class OpenAIWire:
 
     def parse(self, payload: Any) -> ChatResult:
         choices = choice_list(payload, "the response")
-        texts = {choice_index(c, i): text_of(c.get("message")) for i, c in enumerate(choices)}
-        usage = _usage(payload)
+        usage = usage_of(payload)
         return ChatResult(
-            candidates=ordered(texts),
+            candidates=candidates(choices),
             prompt_tokens=as_int(usage.get("prompt_tokens")),
             completion_tokens=as_int(usage.get("completion_tokens")),
             cached_tokens=cached_tokens(usage),
@@ -61,26 +60,11 @@ class OpenAIWire:
     def feed(self, payload: Any, state: StreamState) -> None:
         if not isinstance(payload, Mapping):
             raise MalformedResponseError("a stream chunk is not an object")
-        choices = payload.get("choices") or []
-        if not isinstance(choices, list):
-            raise MalformedResponseError("a stream chunk's choices is not a list")
-        for position, choice in enumerate(choices):
-            if not isinstance(choice, Mapping):
-                raise MalformedResponseError("a stream choice is not an object")
-            state.add(
-                choice_index(choice, position),
-                text_of(choice.get("delta")),
-                choice.get("finish_reason"),
-            )
+        feed_choices(payload.get("choices"), state, "delta")
         if isinstance(payload.get("usage"), Mapping):
-            usage = _usage(payload)
+            usage = usage_of(payload)
             state.set_usage(
                 as_int(usage.get("prompt_tokens")),
                 as_int(usage.get("completion_tokens")),
                 cached_tokens(usage),
             )
-
-
-def _usage(payload: Mapping[str, Any]) -> Mapping[str, Any]:
-    usage = payload.get("usage")
-    return usage if isinstance(usage, Mapping) else {}

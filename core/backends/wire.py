@@ -94,6 +94,30 @@ def text_of(message: Any, key: str = "content") -> str:
     return content
 
 
+def usage_of(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    usage = payload.get("usage")
+    return usage if isinstance(usage, Mapping) else {}
+
+
+def candidates(choices: list[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The message text of each complete choice, in index order."""
+    return ordered({choice_index(c, i): text_of(c.get("message")) for i, c in enumerate(choices)})
+
+
+def feed_choices(choices: Any, state: StreamState, key: str) -> None:
+    """Add one chunk's choices to the stream; `key` is where the piece is ("delta"/"message")."""
+    if choices is None:
+        return
+    if not isinstance(choices, list):
+        raise MalformedResponseError("a stream chunk's choices is not a list")
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, Mapping):
+            raise MalformedResponseError("a stream choice is not an object")
+        state.add(
+            choice_index(choice, position), text_of(choice.get(key)), choice.get("finish_reason")
+        )
+
+
 def ordered(texts: Mapping[int, str]) -> tuple[str, ...]:
     """Candidates in index order; an index the server skipped becomes an empty string."""
     if not texts:

@@ -13,7 +13,7 @@ from core.backends.prefill import Dialect, apply_prefill, resolve_dialect
 
 SYSTEM = {"role": "system", "content": "Ling Lu is a 25-year-old musical genius."}
 USER = {"role": "user", "content": "Cheng Yi: Are you guys free tomorrow?"}
-PREFILL = {"role": "assistant", "content": "Ling Lu:", "partial": True}
+PREFILL: dict[str, Any] = {"role": "assistant", "content": "Ling Lu:", "partial": True}
 DIALECTS: tuple[Dialect, ...] = ("partial", "prefix", "continue_final_message", "generic", "none")
 
 
@@ -77,7 +77,7 @@ def test_request_without_prefill_is_unchanged(dialect: Dialect) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_input_messages_are_not_mutated(dialect: Dialect) -> None:
-    messages = [dict(SYSTEM), dict(USER), dict(PREFILL)]
+    messages: list[dict[str, Any]] = [dict(SYSTEM), dict(USER), dict(PREFILL)]
     before = copy.deepcopy(messages)
     apply_prefill(messages, dialect, speaker="Ling Lu")
     assert messages == before

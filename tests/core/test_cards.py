@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import math
 import tomllib
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -312,18 +313,7 @@ def test_character_toml_round_trips(
         "profile": profile,
         "card": card,
     }
-    loaded = tomllib.loads(character_toml(data))
-    assert loaded == data or _equal_with_signed_zero(loaded, data)
-
-
-def _equal_with_signed_zero(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b and math.copysign(1, a) == math.copysign(1, b)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_equal_with_signed_zero(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(map(_equal_with_signed_zero, a, b))
-    return bool(a == b)
+    assert tomllib.loads(character_toml(data)) == data
 
 
 def test_import_card_writes_a_loadable_file_and_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -338,7 +328,10 @@ def test_import_card_writes_a_loadable_file_and_refuses_to_overwrite(tmp_path: P
     written.write_text("# hand edited\n", encoding="utf-8")
     with pytest.raises(CardError) as err:
         import_card(path, out_dir)
-    assert str(err.value) == f"{written}: already exists; refusing to overwrite it"
+    assert (
+        str(err.value)
+        == f"{written}: already exists; refusing to overwrite it (--force replaces it)"
+    )
     assert written.read_text(encoding="utf-8") == "# hand edited\n"
 
     assert import_card(path, out_dir, overwrite=True) == written
@@ -591,3 +584,35 @@ def test_resolver_accepts_an_imported_card_file(tmp_path: Path) -> None:
     assert list(character.aliases) == ["Mi"]
     assert character.profile == PROFILE_V3
     assert character.card == EXPECTED["v3"]["card"]
+
+
+async def _lines(lines: list[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line + "\n"
+
+
+async def test_card_profile_is_the_system_message_of_the_request(
+    tmp_path: Path, model: Any, settings_for: Any
+) -> None:
+    resolve = _resolver()
+    console = pytest.importorskip("adapters.console")
+    from core.clock import VirtualClock
+    from tests.fakes.model_server import last_messages
+
+    character = resolve(str(write_card(tmp_path, "v2", "png")))
+    model.reply(" Only the stubborn ones.")
+    out, err = io.StringIO(), io.StringIO()
+    code = await console.run_console(
+        settings_for(model),
+        [character],
+        lines=_lines(["@Mira any ships tonight?", "/wait 5"]),
+        clock=VirtualClock(),
+        out=out,
+        err=err,
+        seed=1,
+    )
+    assert code == 0, err.getvalue()
+    messages = last_messages(model)
+    assert messages[0] == {"role": "system", "content": PROFILE_V2}
+    assert messages[-1] == {"role": "assistant", "content": "Mira:", "partial": True}
+    assert "Mira: Only the stubborn ones." in out.getvalue().splitlines()

@@ -13,7 +13,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,9 +62,7 @@ class FakeGuild:
     channel_ids: list[int] = field(default_factory=list)
 
     def role_ids_of(self, user_id: int) -> list[str]:
-        return [
-            r["id"] for r in self.roles if r.get("tags", {}).get("bot_id") == str(user_id)
-        ]
+        return [r["id"] for r in self.roles if r.get("tags", {}).get("bot_id") == str(user_id)]
 
 
 @dataclass
@@ -144,6 +142,9 @@ class FakeDiscord:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._server_closed: set[web.WebSocketResponse] = set()
+        # awaited during IDENTIFY, before READY: what happens here is missed by the new session
+        self.before_ready: Callable[[FakeUser], Awaitable[None]] | None = None
         self.port = 0
 
     # ----------------------------------------------------------------- lifecycle
@@ -270,7 +271,9 @@ class FakeDiscord:
     def _iso(self, ts: float | None = None) -> str:
         return datetime.fromtimestamp(self._now() if ts is None else ts, UTC).isoformat()
 
-    def _member_payload(self, guild: FakeGuild, user: FakeUser, *, with_user: bool) -> dict[str, Any]:
+    def _member_payload(
+        self, guild: FakeGuild, user: FakeUser, *, with_user: bool
+    ) -> dict[str, Any]:
         data: dict[str, Any] = {
             "nick": guild.nicks.get(user.id),
             "roles": guild.role_ids_of(user.id),
@@ -361,6 +364,7 @@ class FakeDiscord:
         content: str,
         *,
         reply_to: int | None = None,
+        attachments: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         mentions = []
         for raw in _USER_MENTION.findall(content):
@@ -378,7 +382,7 @@ class FakeDiscord:
             "tts": False,
             "mention_everyone": "@everyone" in content or "@here" in content,
             "mention_roles": _ROLE_MENTION.findall(content),
-            "attachments": [],
+            "attachments": [self._attachment(name) for name in attachments],
             "embeds": [],
             "pinned": False,
             "type": 0,
@@ -409,6 +413,16 @@ class FakeDiscord:
             )
         return data
 
+    def _attachment(self, filename: str) -> dict[str, Any]:
+        url = f"{self.url}/attachments/{filename}"
+        return {
+            "id": str(self.snowflake()),
+            "filename": filename,
+            "size": 1,
+            "url": url,
+            "proxy_url": url,
+        }
+
     def find_message(self, channel: FakeChannel, message_id: int) -> dict[str, Any] | None:
         for message in channel.messages:
             if int(message["id"]) == message_id:
@@ -423,9 +437,12 @@ class FakeDiscord:
         content: str,
         *,
         reply_to: int | None = None,
+        attachments: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """A user (or a foreign bot) posts: stored, then MESSAGE_CREATE to bots that see it."""
-        data = self._message_payload(channel, author, content, reply_to=reply_to)
+        data = self._message_payload(
+            channel, author, content, reply_to=reply_to, attachments=attachments
+        )
         channel.messages.append(data)
         await self._dispatch_to_channel(channel, "MESSAGE_CREATE", data)
         await self._notify()
@@ -459,7 +476,7 @@ class FakeDiscord:
         *,
         manage_messages: bool = False,
     ) -> int:
-        """A user runs `/name` for `bot`: INTERACTION_CREATE to that bot; returns the interaction id."""
+        """A user runs `/name` of `bot`: INTERACTION_CREATE to that bot; the interaction id."""
         interaction_id = self.snowflake()
         token = f"itoken{interaction_id}"
         self._interaction_tokens[token] = interaction_id
@@ -565,7 +582,15 @@ class FakeDiscord:
         """Close the bot's socket abnormally (4000): the client should RESUME."""
         for session in self._live_sessions(bot):
             assert session.ws is not None
+            self._server_closed.add(session.ws)
             await session.ws.close(code=4000)
+
+    async def invalidate(self, bot: FakeUser) -> None:
+        """End the bot's sessions and drop its socket: the RESUME fails and it must IDENTIFY."""
+        for session in self._sessions.values():
+            if session.bot.id == bot.id:
+                session.resumable = False
+        await self.drop(bot)
 
     def _live_sessions(self, bot: FakeUser) -> list[_Session]:
         return [
@@ -623,8 +648,10 @@ class FakeDiscord:
             self._sockets.discard(ws)
             if session is not None and session.ws is ws:
                 session.ws = None
-                if ws.close_code in (1000, 1001):
+                # a client closing with 1000/1001 ends its session, as on Discord
+                if ws.close_code in (1000, 1001) and ws not in self._server_closed:
                     session.resumable = False
+            self._server_closed.discard(ws)
             await self._notify()
         return ws
 
@@ -641,6 +668,8 @@ class FakeDiscord:
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return None
         self.identify_count[bot.id] = self.identify_count.get(bot.id, 0) + 1
+        if self.before_ready is not None:
+            await self.before_ready(bot)
         session = _Session(f"session{self.snowflake()}", bot, ws=ws)
         self._sessions[session.id] = session
         guilds = [g for g in self.guilds.values() if bot.id in g.members]
@@ -745,15 +774,7 @@ class FakeDiscord:
             return _json(self._application(bot))
         if m := re.fullmatch(r"/applications/(\d+)/commands", path):
             if method == "PUT":
-                self.commands[bot.id] = [
-                    c
-                    | {
-                        "id": str(self.snowflake()),
-                        "application_id": m.group(1),
-                        "version": str(self.snowflake()),
-                    }
-                    for c in body
-                ]
+                self.commands[bot.id] = [self._command(c, m.group(1)) for c in body]
             return _json(self.commands.get(bot.id, []))
         if m := re.fullmatch(r"/channels/(\d+)(/.*)?", path):
             channel = self.channels.get(int(m.group(1)))
@@ -767,6 +788,16 @@ class FakeDiscord:
                 return _json({"message": "Unknown Member", "code": 10007}, status=404)
             return _json(self._member_payload(guild, guild.members[user_id], with_user=True))
         return _json({"message": "404: Not Found", "code": 0}, status=404)
+
+    def _command(self, sent: dict[str, Any], app_id: str) -> dict[str, Any]:
+        """A synced command as Discord returns it (permissions as a string)."""
+        perms = sent.get("default_member_permissions")
+        return sent | {
+            "id": str(self.snowflake()),
+            "application_id": app_id,
+            "version": str(self.snowflake()),
+            "default_member_permissions": None if perms is None else str(perms),
+        }
 
     def _application(self, bot: FakeUser) -> dict[str, Any]:
         return {
@@ -868,10 +899,10 @@ class FakeDiscord:
             }
             return _json(result)
         if m := re.fullmatch(r"/webhooks/(\d+)/([^/]+)(/messages/@original)?", path):
-            interaction_id = self._interaction_tokens.get(m.group(2))
-            if interaction_id is None:
+            known = self._interaction_tokens.get(m.group(2))
+            if known is None:
                 return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
-            self.interaction_replies[interaction_id].append(body)
+            self.interaction_replies[known].append(body)
             bot = self.users[int(m.group(1))]
             message = {
                 "id": str(self.snowflake()),
@@ -930,5 +961,7 @@ def _without_member(message: dict[str, Any]) -> dict[str, Any]:
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """discord.py parses a body as JSON only when Content-Type is exactly application/json."""
     return web.Response(
-        body=json.dumps(data).encode(), status=status, headers=(headers or {}) | {"Content-Type": _JSON}
+        body=json.dumps(data).encode(),
+        status=status,
+        headers=(headers or {}) | {"Content-Type": _JSON},
     )

@@ -99,6 +99,7 @@ class FakeBot:
     updates: list[JSON] = field(default_factory=list)
     confirmed: int = 0
     polls: int = 0
+    last_update_id: int = 700_000
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -172,6 +173,7 @@ class FakeTelegramServer:
         self._ids = itertools.count(1001)
         self._group_ids = itertools.count(1)
         self._failures: list[_Failure] = []
+        self._outages: set[str] = set()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._closing = False
@@ -183,7 +185,9 @@ class FakeTelegramServer:
     async def start(self) -> FakeTelegramServer:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -279,6 +283,13 @@ class FakeTelegramServer:
         self._failures.append(
             _Failure(method, error_code, description, retry_after, bot.token if bot else None)
         )
+
+    def outage(self, method: str, *, on: bool = True) -> None:
+        """While on, every call of `method` gets a 502 (Telegram unreachable for that call)."""
+        if on:
+            self._outages.add(method)
+        else:
+            self._outages.discard(method)
 
     # --- what humans do -------------------------------------------------------------------
 
@@ -435,8 +446,8 @@ class FakeTelegramServer:
         self._notify()
 
     def _enqueue(self, bot: FakeBot, kind: str, message: JSON) -> None:
-        update_id = (bot.updates[-1]["update_id"] if bot.updates else 700_000) + 1
-        bot.updates.append({"update_id": update_id, kind: _public(message)})
+        bot.last_update_id += 1
+        bot.updates.append({"update_id": bot.last_update_id, kind: _public(message)})
         bot.wake.set()
 
     def _notify(self) -> None:
@@ -463,6 +474,8 @@ class FakeTelegramServer:
         params = await _decode(request)
         self.calls.append(Call(bot.username, method, params))
         self._notify()
+        if method in self._outages:
+            return _error(502, "Bad Gateway")
         for failure in self._failures:
             if failure.method == method and failure.token in (None, token):
                 self._failures.remove(failure)
@@ -514,7 +527,7 @@ class FakeTelegramServer:
         text = params.get("text")
         if not isinstance(text, str) or not text.strip():
             raise _ApiError(400, "Bad Request: message text is empty")
-        if len(text) > MAX_TEXT:
+        if utf16_len(text) > MAX_TEXT:
             raise _ApiError(400, "Bad Request: message is too long")
         thread = params.get("message_thread_id")
         if thread is not None and (not chat.is_forum or thread not in chat.messages):
