@@ -47,8 +47,6 @@ class DiscordSender:
         for attempt in range(1, self._attempts + 1):
             try:
                 message = await self._post(target, out)
-            except discord.RateLimited as exc:
-                delay = exc.retry_after
             except discord.HTTPException as exc:
                 if exc.status != 429:
                     raise

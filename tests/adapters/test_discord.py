@@ -18,8 +18,9 @@ from core.clock import VirtualClock
 from core.config import Character, DiscordEntry, Settings
 from core.engine import Engine, build_engine
 from core.errors import StartupError
+from core.sqlite_store import SqliteStore
 from core.store import StoredMessage
-from core.types import Channel, Incoming, Sender
+from core.types import Channel, Incoming, Message, Participant, Sender
 from tests.conftest import character_file, write_config
 from tests.fakes.discord_server import FakeChannel, FakeDiscord, FakeGuild, FakeUser, Post
 from tests.fakes.model_server import FakeModelServer, last_messages
@@ -131,7 +132,7 @@ class Online:
         for adapter in self.adapters:
             bot = self.world.bots[adapter.key]
             for ch in chans:
-                if bot in fake._bots_seeing(ch):
+                if bot in fake.bots_seeing(ch):
                     new = [m["id"] for m in ch.messages if m["id"] not in self.known]
                     wanted |= {(adapter.key, i) for i in new}
         await until(lambda: wanted <= self.received)
@@ -445,6 +446,31 @@ async def test_restart_backfills_missed_messages_and_answers_once(world: World) 
     assert len(world.model.requests) == requests
 
 
+async def test_a_reply_stored_while_the_gateway_was_down_hides_no_missed_message(
+    world: World,
+) -> None:
+    jiang = world.bots["jiang_rang"]
+    world.model.reply("First answer.")
+    world.model.reply("Got it.")
+    async with online(world, "jiang_rang") as run:
+        await world.fake.post(world.general, world.ali, f"<@{jiang.id}> hi")
+        await run.settle()
+    missed = await world.fake.post(world.general, world.ali, f"<@{jiang.id}> and this?")
+    late = await world.fake.post(world.general, jiang, "a reply the engine stored meanwhile")
+    store = SqliteStore(world.settings.storage_path())
+    await store.open()
+    author = Participant(str(jiang.id), "Jiang Rang", is_bot=True, character="jiang_rang")
+    channel = Channel("discord", str(world.general.id))
+    await store.add_message(Message(channel, late["id"], author, late["content"], 0.0))
+    await store.close()
+    async with online(world, "jiang_rang") as run:
+        assert (await run.stored(world.general, missed)).addressed == frozenset({"jiang_rang"})
+        await run.settle()
+    posts = world.fake.sent(world.general, jiang)
+    assert contents(posts) == ["First answer.", "Got it."]
+    assert ref_of(posts[1]) == missed["id"]
+
+
 async def test_two_characters_answer_each_other_within_the_loop_bound(world: World) -> None:
     jiang, lu = world.bots["jiang_rang"], world.bots["ling_lu"]
 
@@ -493,9 +519,7 @@ async def test_invalid_token_is_one_clear_startup_error(world: World) -> None:
 
 
 async def test_missing_message_content_intent_says_where_to_enable_it(world: World) -> None:
-    world.fake.add_bot("no_intent", "token-nointent")
-    bot = next(u for u in world.fake.users.values() if u.username == "no_intent")
-    bot.message_content_allowed = False
+    world.fake.add_bot("no_intent", "token-nointent", message_content_allowed=False)
     with pytest.raises(StartupError) as info:
         async with online(world, "jiang_rang", tokens={"jiang_rang": "token-nointent"}):
             pass

@@ -153,13 +153,10 @@ class FakeDiscord:
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/gateway/", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = int(self._runner.addresses[0][1])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -600,7 +597,7 @@ class FakeDiscord:
         ]
 
     # ---------------------------------------------------------------- dispatch
-    def _bots_seeing(self, channel: FakeChannel) -> list[FakeUser]:
+    def bots_seeing(self, channel: FakeChannel) -> list[FakeUser]:
         if channel.type == 1:
             return [self.users[u] for u in channel.recipients if self.users[u].bot]
         guild = self.guilds[channel.guild_id or 0]
@@ -609,7 +606,7 @@ class FakeDiscord:
     async def _dispatch_to_channel(
         self, channel: FakeChannel, event: str, data: dict[str, Any]
     ) -> None:
-        for bot in self._bots_seeing(channel):
+        for bot in self.bots_seeing(channel):
             await self._dispatch_to_bot(bot, event, data)
 
     async def _dispatch_to_bot(self, bot: FakeUser, event: str, data: dict[str, Any]) -> None:
@@ -778,7 +775,7 @@ class FakeDiscord:
             return _json(self.commands.get(bot.id, []))
         if m := re.fullmatch(r"/channels/(\d+)(/.*)?", path):
             channel = self.channels.get(int(m.group(1)))
-            if channel is None or bot not in self._bots_seeing(channel):
+            if channel is None or bot not in self.bots_seeing(channel):
                 return _json({"message": "Unknown Channel", "code": 10003}, status=404)
             return await self._channel_route(bot, channel, method, m.group(2) or "", query, body)
         if m := re.fullmatch(r"/guilds/(\d+)/members/(\d+)", path):
