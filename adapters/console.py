@@ -137,6 +137,10 @@ class Console:
         self.err.flush()
 
     async def start(self) -> None:
+        for c in self.characters:
+            await self.engine.resume(
+                PLATFORM, via=c.key, sender=self.senders[c.key], only=self.channel
+            )
         if self.channel.direct:
             c = self.characters[0]
             await self.engine.open_direct(self.channel, via=c.key, sender=self.senders[c.key])

@@ -24,6 +24,7 @@ from core.backends.base import (
 from core.clock import Clock, RealClock, TimerHandle, VirtualClock
 from core.models import estimated_cost, input_limit
 from core.policy import Candidate, Decision, Knobs, Seen, decide
+from core.slots import PrioritySlots
 from core.store import Store, StoredMessage
 from core.text import clean_reply, split_message
 from core.types import (
@@ -94,7 +95,7 @@ class Engine:
         self._actors: dict[str, _Actor] = {}
         self._identities: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._model_slots = asyncio.Semaphore(max(1, settings.llm.max_concurrency))
+        self._model_slots = PrioritySlots(settings.llm.max_concurrency)
         self._budget_warned: set[tuple[str, str]] = set()
         self._clock_waits = 0
         self.on_fatal: Callable[[BackendError], None] | None = None
@@ -120,6 +121,13 @@ class Engine:
         actor = self._actors.get(channel.key)
         if actor is None:
             actor = self._actors[channel.key] = _Actor(channel)
+        if via not in actor.senders:
+            state = await self.store.get_state(channel, via)
+            if not state:
+                # a newcomer does not owe answers to what was said before it arrived
+                await self.store.put_state(
+                    channel, via, {"handled_seq": await self._last_seq(channel)}
+                )
         actor.senders[via] = sender
         if not actor.meta_saved:
             meta = await self.store.get_state(channel, CHANNEL)
@@ -162,20 +170,24 @@ class Engine:
         self._kick(actor)
 
     async def resume(
-        self, platform: str, *, via: str, sender: Sender, since_s: float = 86_400.0
+        self,
+        platform: str,
+        *,
+        via: str,
+        sender: Sender,
+        since_s: float = 86_400.0,
+        only: Channel | None = None,
     ) -> int:
-        """After a restart: let channels with stored, unhandled messages decide again."""
+        """After a restart: let channels where `via` lives and that have news decide again."""
         count = 0
         for channel_id, _ in await self.store.active_channels(platform, self.clock.now() - since_s):
-            probe = Channel(platform, channel_id)
-            meta = await self.store.get_state(probe, CHANNEL)
-            channel = Channel(platform, channel_id, bool(meta.get("direct", False)))
-            state = await self.store.get_state(channel, via)
-            last = await self.store.last_message(channel)
-            if last is None or not state and not meta:
+            if only is not None and only.id != channel_id:
                 continue
-            actor = await self._actor(channel, via, sender)
-            self._kick(actor)
+            meta = await self.store.get_state(Channel(platform, channel_id), CHANNEL)
+            channel = Channel(platform, channel_id, bool(meta.get("direct", False)))
+            if not await self.store.get_state(channel, via):
+                continue
+            self._kick(await self._actor(channel, via, sender))
             count += 1
         return count
 
@@ -425,7 +437,8 @@ class Engine:
         )
         state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
         state["window_start"] = start
-        texts = await self._generate(actor, key, request, state, messages)
+        urgent = addressed is not None or channel.direct or regen
+        texts = await self._generate(actor, key, request, state, messages, priority=0 if urgent else 1)
         if notes and texts is not None:
             meta["notes"] = []
             await self.store.put_state(channel, CHANNEL, meta)
@@ -455,13 +468,15 @@ class Engine:
         request: ChatRequest,
         state: dict[str, Any],
         messages: list[P.Msg],
+        *,
+        priority: int = 0,
     ) -> list[str] | None:
         """Ask the model (typing shown meanwhile); None on a fault, [] when nothing is usable."""
         ch = self.characters[key]
         sender = actor.senders[key]
         typing = asyncio.get_running_loop().create_task(self._keep_typing(sender, actor.channel))
         try:
-            async with self._model_slots:
+            async with self._model_slots.hold(priority):
                 result = await self.backend.complete(request)
         except AuthError as e:
             self.fatal = e
