@@ -267,6 +267,7 @@ class Settings(BaseSettings):
     discord: list[DiscordEntry] = Field(default_factory=list)
 
     _config_path: Path | None = PrivateAttr(default=None)
+    _root: Path | None = PrivateAttr(default=None)
     _env: Mapping[str, str] | None = PrivateAttr(default=None)
 
     @classmethod
@@ -293,7 +294,7 @@ class Settings(BaseSettings):
         return self._config_path
 
     def _base_dir(self) -> Path:
-        return self._config_path.parent if self._config_path is not None else Path.cwd()
+        return self._root if self._root is not None else Path.cwd()
 
     def api_key(self) -> str | None:
         """The model API key from the variable named by llm.api_key_env ("" counts as unset)."""
@@ -301,7 +302,8 @@ class Settings(BaseSettings):
         return env.get(self.llm.api_key_env) or None
 
     def storage_path(self) -> Path:
-        """The database file; a relative path is relative to the config file's directory."""
+        """The database file; relative paths start at the config file's directory (else the cwd
+        at load time), so a later chdir does not move the database."""
         if self.storage.path == ":memory:":
             return Path(":memory:")
         path = Path(self.storage.path).expanduser()
@@ -354,6 +356,7 @@ def load_settings(
     finally:
         _LOADING.reset(token)
     settings._config_path = file.resolve() if file is not None else None
+    settings._root = settings._config_path.parent if settings._config_path else Path.cwd()
     settings._env = env
     duplicates = _duplicate_tokens(settings)
     if duplicates:

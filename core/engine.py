@@ -66,6 +66,7 @@ class _Actor:
     debounce: TimerHandle | None = None
     wake: TimerHandle | None = None
     meta_saved: bool = False
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _day(ts: float) -> str:
@@ -114,6 +115,22 @@ class Engine:
         )
         return Participant(user_id, self.characters[key].name, is_bot=True, character=key)
 
+    # ----- state (cached per channel, written through to the store) -----------------------
+    async def _state(self, channel: Channel, key: str) -> dict[str, Any]:
+        actor = self._actors.get(channel.key)
+        if actor is None:
+            return await self.store.get_state(channel, key)
+        cached = actor.states.get(key)
+        if cached is None:
+            cached = actor.states[key] = await self.store.get_state(channel, key)
+        return dict(cached)
+
+    async def _save(self, channel: Channel, key: str, state: dict[str, Any]) -> None:
+        await self.store.put_state(channel, key, state)
+        actor = self._actors.get(channel.key)
+        if actor is not None:
+            actor.states[key] = dict(state)
+
     # ----- events ------------------------------------------------------------------------
     async def _actor(self, channel: Channel, via: str, sender: Sender) -> _Actor:
         if via not in self.characters:
@@ -122,17 +139,17 @@ class Engine:
         if actor is None:
             actor = self._actors[channel.key] = _Actor(channel)
         if via not in actor.senders:
-            state = await self.store.get_state(channel, via)
+            state = await self._state(channel, via)
             if not state:
                 # a newcomer does not owe answers to what was said before it arrived
-                await self.store.put_state(
+                await self._save(
                     channel, via, {"handled_seq": await self._last_seq(channel)}
                 )
         actor.senders[via] = sender
         if not actor.meta_saved:
-            meta = await self.store.get_state(channel, CHANNEL)
+            meta = await self._state(channel, CHANNEL)
             if meta.get("direct") != channel.direct:
-                await self.store.put_state(channel, CHANNEL, {**meta, "direct": channel.direct})
+                await self._save(channel, CHANNEL, {**meta, "direct": channel.direct})
             actor.meta_saved = True
         return actor
 
@@ -164,9 +181,9 @@ class Engine:
             if not greeting or await self.store.last_message(channel) is not None:
                 return
             await self._post(actor, via, greeting, reply_to=None)
-            state = await self.store.get_state(channel, via)
+            state = await self._state(channel, via)
             state.update(last_spoke_at=self.clock.now(), continuations=0)
-            await self.store.put_state(channel, via, state)
+            await self._save(channel, via, state)
         self._kick(actor)
 
     async def resume(
@@ -183,9 +200,9 @@ class Engine:
         for channel_id, _ in await self.store.active_channels(platform, self.clock.now() - since_s):
             if only is not None and only.id != channel_id:
                 continue
-            meta = await self.store.get_state(Channel(platform, channel_id), CHANNEL)
+            meta = await self._state(Channel(platform, channel_id), CHANNEL)
             channel = Channel(platform, channel_id, bool(meta.get("direct", False)))
-            if not await self.store.get_state(channel, via):
+            if not await self._state(channel, via):
                 continue
             self._kick(await self._actor(channel, via, sender))
             count += 1
@@ -269,7 +286,7 @@ class Engine:
     async def _candidate(self, actor: _Actor, key: str, recent: list[StoredMessage]) -> Candidate:
         ch = self.characters[key]
         b = ch.behavior
-        state = await self.store.get_state(actor.channel, key)
+        state = await self._state(actor.channel, key)
         blocked = await self._blocked(actor.channel, key, state, recent)
         return Candidate(
             key=key,
@@ -355,11 +372,11 @@ class Engine:
         top = recent[-1].seq if recent else 0
         for key, why in decision.why.items():
             decisions_log.info("%s %s: %s", actor.channel.key, key, why)
-            state = await self.store.get_state(actor.channel, key)
+            state = await self._state(actor.channel, key)
             state["last_why"] = why
             if key in decision.handled and key != decision.speaker:
                 state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
-            await self.store.put_state(actor.channel, key, state)
+            await self._save(actor.channel, key, state)
 
     # ----- generation ---------------------------------------------------------------------
     async def _transcript(
@@ -399,8 +416,8 @@ class Engine:
         ch = self.characters[key]
         channel = actor.channel
         sender = actor.senders[key]
-        state = await self.store.get_state(channel, key)
-        meta = await self.store.get_state(channel, CHANNEL)
+        state = await self._state(channel, key)
+        meta = await self._state(channel, CHANNEL)
         turns, start = await self._transcript(actor, key, state)
         top = recent[-1].seq if recent else 0
         others = [c for k, c in self.characters.items() if k != key]
@@ -441,9 +458,9 @@ class Engine:
         texts = await self._generate(actor, key, request, state, messages, priority=0 if urgent else 1)
         if notes and texts is not None:
             meta["notes"] = []
-            await self.store.put_state(channel, CHANNEL, meta)
+            await self._save(channel, CHANNEL, meta)
         if not texts:
-            await self.store.put_state(channel, key, state)
+            await self._save(channel, key, state)
             return False
         state["candidates"] = texts[1:]
         reply_to = addressed.msg_id if addressed and mode == "reply" and not channel.direct else None
@@ -458,7 +475,7 @@ class Engine:
         state["last_posted"] = posted
         if memory:
             state["memory_sent_seq"] = await self._last_seq(channel)
-        await self.store.put_state(channel, key, state)
+        await self._save(channel, key, state)
         return True
 
     async def _generate(
@@ -561,9 +578,9 @@ class Engine:
     async def add_note(self, channel: Channel, text: str, *, via: str, sender: Sender) -> None:
         """One-off supplementary info for the next reply in this channel (the seed's system insert)."""
         await self._actor(channel, via, sender)
-        meta = await self.store.get_state(channel, CHANNEL)
+        meta = await self._state(channel, CHANNEL)
         meta["notes"] = [*meta.get("notes", []), text]
-        await self.store.put_state(channel, CHANNEL, meta)
+        await self._save(channel, CHANNEL, meta)
 
     async def command(
         self,
@@ -581,26 +598,26 @@ class Engine:
         if name == "help":
             return CommandResult(HELP)
         if name == "why":
-            state = await self.store.get_state(channel, via)
+            state = await self._state(channel, via)
             return CommandResult(f"{ch.name}: {state.get('last_why', 'no decision yet')}")
         if name == "stats":
             return CommandResult(await self._stats(channel, via))
         if name in ("mute", "unmute"):
             async with actor.lock:
-                state = await self.store.get_state(channel, via)
+                state = await self._state(channel, via)
                 state["muted"] = name == "mute"
-                await self.store.put_state(channel, via, state)
+                await self._save(channel, via, state)
             return CommandResult(f"{ch.name} is {'muted' if name == 'mute' else 'unmuted'} here.")
         if name == "reset":
             async with actor.lock:
-                state = await self.store.get_state(channel, via)
+                state = await self._state(channel, via)
                 last = await self._last_seq(channel)
                 state.update(
                     window_start=last + 1, handled_seq=last, continuations=0,
                     epoch=int(state.get("epoch", 0)) + 1, candidates=[], memory_sent_seq=last,
                     last_posted=[],
                 )
-                await self.store.put_state(channel, via, state)
+                await self._save(channel, via, state)
             self._schedule_wake(actor, None)
             return CommandResult(f"{ch.name} starts over: earlier messages are forgotten here.")
         if name == "regen":
@@ -610,7 +627,7 @@ class Engine:
     async def _regen(self, actor: _Actor, key: str) -> CommandResult:
         ch = self.characters[key]
         async with actor.lock:
-            state = await self.store.get_state(actor.channel, key)
+            state = await self._state(actor.channel, key)
             posted = list(state.get("last_posted", []))
             if not posted:
                 return CommandResult(f"{ch.name} has no reply here to replace.", ok=False)
@@ -621,9 +638,9 @@ class Engine:
                 text = candidates.pop(0)
                 state["candidates"] = candidates
                 state["last_posted"] = await self._post(actor, key, text, reply_to=None)
-                await self.store.put_state(actor.channel, key, state)
+                await self._save(actor.channel, key, state)
                 return CommandResult(f"{ch.name}: posted another candidate.")
-            await self.store.put_state(actor.channel, key, state)
+            await self._save(actor.channel, key, state)
             recent = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
             spoke = await self._speak(actor, key, "reply", recent, regen=True)
         return CommandResult(

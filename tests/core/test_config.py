@@ -117,6 +117,16 @@ def test_defaults_without_a_config_file(in_tmp: Path) -> None:
     assert settings.search_dirs() == [in_tmp / "bots"]
 
 
+def test_paths_without_a_file_stay_where_they_were_loaded(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(env={})
+    (in_tmp / "later").mkdir()
+    monkeypatch.chdir(in_tmp / "later")
+    assert settings.storage_path() == in_tmp / "salon.db"
+    assert settings.search_dirs() == [in_tmp / "bots"]
+
+
 def test_no_path_picks_up_config_toml_in_the_working_directory(in_tmp: Path) -> None:
     write(in_tmp / "config.toml", '[llm]\nmodel = "qwen-flash-character"\n')
     settings = load_settings(env={})
