@@ -16,26 +16,43 @@ if TYPE_CHECKING:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="salon",
-        description="LLM role-play characters that live in group chats (Discord, Telegram, console).",
+        description="LLM role-play characters living in group chats (Discord, Telegram, console).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def config_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--config", metavar="PATH",
+            "--config",
+            metavar="PATH",
             help="config file (default: ./config.toml when it exists, else built-in defaults)",
         )
 
-    c = sub.add_parser("console", help="chat with characters in a simulated channel on this terminal")
+    c = sub.add_parser(
+        "console", help="chat with characters in a simulated channel on this terminal"
+    )
     config_arg(c)
-    c.add_argument("--bot", action="append", required=True, metavar="NAME",
-                   help="a character: a name from bots/, a .toml file or a character card; repeatable")
+    c.add_argument(
+        "--bot",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a character: a name from bots/, a .toml file or a character card; repeatable",
+    )
     c.add_argument("--direct", action="store_true", help="a direct chat with one human (1:1 form)")
-    c.add_argument("--as", dest="as_name", default="You", metavar="NAME",
-                   help='who unprefixed lines are from (default "You")')
+    c.add_argument(
+        "--as",
+        dest="as_name",
+        default="You",
+        metavar="NAME",
+        help='who unprefixed lines are from (default "You")',
+    )
     c.add_argument("--channel", metavar="ID", help="channel id; the same id continues its history")
-    c.add_argument("--clock", choices=("real", "virtual"), default="real",
-                   help="virtual: /wait moves time instantly (scripts and tests)")
+    c.add_argument(
+        "--clock",
+        choices=("real", "virtual"),
+        default="real",
+        help="virtual: /wait moves time instantly (scripts and tests)",
+    )
     c.add_argument("--seed", type=int, help="seed for the speaking policy's random choices")
     c.add_argument("--quiet", action="store_true", help="no decision reasons on stderr")
 
@@ -44,9 +61,13 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("check", help="validate the config and the characters; exit 2 on problems")
     config_arg(k)
-    k.add_argument("--bot", action="append", default=[], metavar="NAME", help="also check this character")
+    k.add_argument(
+        "--bot", action="append", default=[], metavar="NAME", help="also check this character"
+    )
 
-    i = sub.add_parser("import-card", help="convert a character card (PNG/JSON, V1-V3) to bots/NAME.toml")
+    i = sub.add_parser(
+        "import-card", help="convert a character card (PNG/JSON, V1-V3) to bots/NAME.toml"
+    )
     i.add_argument("file", help="the card: .png or .json")
     i.add_argument("--out", default="bots", metavar="DIR", help="where to write (default bots/)")
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -78,8 +99,13 @@ def _console(args: argparse.Namespace) -> int:
     clock = VirtualClock() if args.clock == "virtual" else RealClock()
     return asyncio.run(
         run_console(
-            settings, characters, direct=args.direct, as_name=args.as_name,
-            channel_id=args.channel, clock=clock, seed=args.seed,
+            settings,
+            characters,
+            direct=args.direct,
+            as_name=args.as_name,
+            channel_id=args.channel,
+            clock=clock,
+            seed=args.seed,
             verbose=not args.quiet,
         )
     )
@@ -90,8 +116,16 @@ def _check(args: argparse.Namespace) -> int:
 
     settings = load_settings(_config_path(args.config))
     dirs = settings.search_dirs()
-    refs = list(dict.fromkeys([*list_characters(dirs), *args.bot,
-                               *(e.bot for e in settings.telegram), *(e.bot for e in settings.discord)]))
+    refs = list(
+        dict.fromkeys(
+            [
+                *list_characters(dirs),
+                *args.bot,
+                *(e.bot for e in settings.telegram),
+                *(e.bot for e in settings.discord),
+            ]
+        )
+    )
     problems: list[str] = []
     for ref in refs:
         try:

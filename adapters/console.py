@@ -46,7 +46,9 @@ class Directive:
     arg: str
 
 
-def parse_line(line: str, characters: Sequence[Character], default_speaker: str) -> Said | Directive | None:
+def parse_line(
+    line: str, characters: Sequence[Character], default_speaker: str
+) -> Said | Directive | None:
     """Read one input line: a directive, a message by someone, or nothing (blank)."""
     text = line.rstrip("\r\n")
     if not text.strip():
@@ -158,8 +160,12 @@ class Console:
             frozenset({self.characters[0].key}) if self.channel.direct else frozenset()
         )
         message = Message(
-            self.channel, f"{self.run_id}-in-{self._count}", author, item.text,
-            self.engine.clock.now(), addressed,
+            self.channel,
+            f"{self.run_id}-in-{self._count}",
+            author,
+            item.text,
+            self.engine.clock.now(),
+            addressed,
         )
         first, *rest = self.characters
         await self.engine.receive(message, via=first.key, sender=self.senders[first.key])
@@ -281,8 +287,13 @@ async def run_console(
             settings, list(characters), clock=clock, rng=random.Random(seed)
         ) as engine:
             console = Console(
-                engine, characters, direct=direct, as_name=as_name, channel_id=channel_id,
-                out=out, err=err,
+                engine,
+                characters,
+                direct=direct,
+                as_name=as_name,
+                channel_id=channel_id,
+                out=out,
+                err=err,
             )
             await console.start()
             async for line in lines if lines is not None else stdin_lines():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -55,23 +56,23 @@ async def run_adapters(settings: Settings, *, stop: asyncio.Event | None = None)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     async with build_engine(settings, characters, rng=random.Random()) as engine:
         adapters: list[Adapter] = []
         if tg:
             from adapters.telegram import TelegramAdapter
 
             adapters += [
-                TelegramAdapter(e, c, engine, token=t) for (e, c), t in zip(tg, tokens_tg, strict=True)
+                TelegramAdapter(e, c, engine, token=t)
+                for (e, c), t in zip(tg, tokens_tg, strict=True)
             ]
         if dc:
             from adapters.discord_adapter import DiscordAdapter
 
             adapters += [
-                DiscordAdapter(e, c, engine, token=t) for (e, c), t in zip(dc, tokens_dc, strict=True)
+                DiscordAdapter(e, c, engine, token=t)
+                for (e, c), t in zip(dc, tokens_dc, strict=True)
             ]
         engine.on_fatal = lambda _e: stop.set()
         tasks = [asyncio.create_task(a.run(stop)) for a in adapters]

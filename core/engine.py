@@ -142,9 +142,7 @@ class Engine:
             state = await self._state(channel, via)
             if not state:
                 # a newcomer does not owe answers to what was said before it arrived
-                await self._save(
-                    channel, via, {"handled_seq": await self._last_seq(channel)}
-                )
+                await self._save(channel, via, {"handled_seq": await self._last_seq(channel)})
         actor.senders[via] = sender
         if not actor.meta_saved:
             meta = await self._state(channel, CHANNEL)
@@ -163,8 +161,13 @@ class Engine:
                 if known is not None:
                     author = Participant(author.id, author.name, True, known)
                     event = Message(
-                        event.channel, event.id, author, event.text, event.at,
-                        event.addressed, event.reply_to,
+                        event.channel,
+                        event.id,
+                        author,
+                        event.text,
+                        event.at,
+                        event.addressed,
+                        event.reply_to,
                     )
             await self.store.add_message(event)
             self._kick(actor)
@@ -321,8 +324,10 @@ class Engine:
                 if (key, _day(now)) not in self._budget_warned:
                     self._budget_warned.add((key, _day(now)))
                     log.warning(
-                        "%s spent its daily token budget (%d of %d); it stays quiet until 00:00 UTC",
-                        key, spent, b.daily_token_budget,
+                        "%s spent its daily token budget (%d of %d); quiet until 00:00 UTC",
+                        key,
+                        spent,
+                        b.daily_token_budget,
                     )
                 return f"daily token budget spent ({spent} of {b.daily_token_budget} tokens)"
         replies = [r for r in state.get("replies", []) if now - r[0] < 60.0]
@@ -331,11 +336,13 @@ class Engine:
         if b.user_replies_per_minute > 0:
             handled = int(state.get("handled_seq", 0))
             authors = {
-                m.author_id for m in recent
+                m.author_id
+                for m in recent
                 if m.seq > handled and not m.author_is_bot and m.character is None
             }
             over = {
-                a for a in authors
+                a
+                for a in authors
                 if sum(1 for r in replies if r[1] == a) >= b.user_replies_per_minute
             }
             if authors and over == authors:
@@ -349,7 +356,9 @@ class Engine:
             cands = [await self._candidate(actor, k, recent) for k in sorted(actor.senders)]
             decision = decide(
                 [
-                    Seen(m.seq, m.author_id, m.character, m.author_is_bot, m.text, m.at, m.addressed)
+                    Seen(
+                        m.seq, m.author_id, m.character, m.author_is_bot, m.text, m.at, m.addressed
+                    )
                     for m in recent
                 ],
                 cands,
@@ -366,9 +375,7 @@ class Engine:
         if spoke:
             self._kick(actor)
 
-    async def _record(
-        self, actor: _Actor, decision: Decision, recent: list[StoredMessage]
-    ) -> None:
+    async def _record(self, actor: _Actor, decision: Decision, recent: list[StoredMessage]) -> None:
         top = recent[-1].seq if recent else 0
         for key, why in decision.why.items():
             decisions_log.info("%s %s: %s", actor.channel.key, key, why)
@@ -415,7 +422,6 @@ class Engine:
     ) -> bool:
         ch = self.characters[key]
         channel = actor.channel
-        sender = actor.senders[key]
         state = await self._state(channel, key)
         meta = await self._state(channel, CHANNEL)
         turns, start = await self._transcript(actor, key, state)
@@ -429,8 +435,12 @@ class Engine:
             sent_upto = int(state.get("memory_sent_seq", 0))
             turns = [t for t in turns if t.seq > sent_upto]
         messages = P.build_messages(
-            persona, turns, direct=channel.direct, supplements=notes,
-            reserved_names=reserved, include_system=not memory,
+            persona,
+            turns,
+            direct=channel.direct,
+            supplements=notes,
+            reserved_names=reserved,
+            include_system=not memory,
         )
         gen = ch.generation
         seed = gen.seed
@@ -441,8 +451,12 @@ class Engine:
         request = ChatRequest(
             messages=tuple(messages),
             params=GenerationParams(
-                temperature=gen.temperature, top_p=gen.top_p, seed=seed,
-                max_tokens=gen.max_tokens, n=gen.n, logit_bias=ch.logit_bias(),
+                temperature=gen.temperature,
+                top_p=gen.top_p,
+                seed=seed,
+                max_tokens=gen.max_tokens,
+                n=gen.n,
+                logit_bias=ch.logit_bias(),
             ),
             session_id=self._session_id(channel, key, int(state.get("epoch", 0))),
             character_options=self._memory_options(ch) if memory else None,
@@ -455,7 +469,9 @@ class Engine:
         state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
         state["window_start"] = start
         urgent = addressed is not None or channel.direct or regen
-        texts = await self._generate(actor, key, request, state, messages, priority=0 if urgent else 1)
+        texts = await self._generate(
+            actor, key, request, state, messages, priority=0 if urgent else 1
+        )
         if notes and texts is not None:
             meta["notes"] = []
             await self._save(channel, CHANNEL, meta)
@@ -463,7 +479,9 @@ class Engine:
             await self._save(channel, key, state)
             return False
         state["candidates"] = texts[1:]
-        reply_to = addressed.msg_id if addressed and mode == "reply" and not channel.direct else None
+        reply_to = (
+            addressed.msg_id if addressed and mode == "reply" and not channel.direct else None
+        )
         posted = await self._post(actor, key, texts[0], reply_to=reply_to)
         now = self.clock.now()
         trigger = addressed.author_id if addressed else (recent[-1].author_id if recent else "")
@@ -502,8 +520,12 @@ class Engine:
                 self.on_fatal(e)
             return None
         except ModerationError as e:
-            log.warning("%s in %s: content moderation refused the reply; staying silent (%s)",
-                        key, actor.channel.key, e)
+            log.warning(
+                "%s in %s: content moderation refused the reply; staying silent (%s)",
+                key,
+                actor.channel.key,
+                e,
+            )
             return None
         except BackendError as e:
             log.warning("%s in %s: gave up on this reply: %s", key, actor.channel.key, e)
@@ -513,8 +535,11 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await typing
         await self.store.add_usage(
-            actor.channel, key, _day(self.clock.now()),
-            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            actor.channel,
+            key,
+            _day(self.clock.now()),
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
             cached_tokens=result.cached_tokens,
         )
         estimated = sum(P.estimate_tokens(str(m.get("content", ""))) for m in messages)
@@ -525,8 +550,11 @@ class Engine:
         others = await self._other_names(actor.channel, key)
         texts = [t for t in (clean_reply(c, own, others) for c in result.candidates) if t]
         if not texts:
-            log.warning("%s in %s: the model's reply was empty after cleaning; staying silent",
-                        key, actor.channel.key)
+            log.warning(
+                "%s in %s: the model's reply was empty after cleaning; staying silent",
+                key,
+                actor.channel.key,
+            )
         return texts
 
     async def _other_names(self, channel: Channel, key: str) -> list[str]:
@@ -576,7 +604,7 @@ class Engine:
 
     # ----- commands -----------------------------------------------------------------------
     async def add_note(self, channel: Channel, text: str, *, via: str, sender: Sender) -> None:
-        """One-off supplementary info for the next reply in this channel (the seed's system insert)."""
+        """One-off supplementary info for the next reply here (the seed's system insert)."""
         await self._actor(channel, via, sender)
         meta = await self._state(channel, CHANNEL)
         meta["notes"] = [*meta.get("notes", []), text]
@@ -613,8 +641,12 @@ class Engine:
                 state = await self._state(channel, via)
                 last = await self._last_seq(channel)
                 state.update(
-                    window_start=last + 1, handled_seq=last, continuations=0,
-                    epoch=int(state.get("epoch", 0)) + 1, candidates=[], memory_sent_seq=last,
+                    window_start=last + 1,
+                    handled_seq=last,
+                    continuations=0,
+                    epoch=int(state.get("epoch", 0)) + 1,
+                    candidates=[],
+                    memory_sent_seq=last,
                     last_posted=[],
                 )
                 await self._save(channel, via, state)
@@ -644,7 +676,9 @@ class Engine:
             recent = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
             spoke = await self._speak(actor, key, "reply", recent, regen=True)
         return CommandResult(
-            f"{ch.name}: regenerated." if spoke else f"{ch.name}: regeneration failed; see the log.",
+            f"{ch.name}: regenerated."
+            if spoke
+            else f"{ch.name}: regeneration failed; see the log.",
             ok=spoke,
         )
 
@@ -713,9 +747,15 @@ async def build_engine(
     if backend is None:
         llm = settings.llm
         backend = make_backend(
-            provider=llm.provider, base_url=llm.base_url, api_key=settings.api_key(),
-            model=llm.model, prefill=llm.prefill, timeout_s=llm.timeout_s,
-            max_retries=llm.max_retries, stream=llm.stream, sleep=backoff,
+            provider=llm.provider,
+            base_url=llm.base_url,
+            api_key=settings.api_key(),
+            model=llm.model,
+            prefill=llm.prefill,
+            timeout_s=llm.timeout_s,
+            max_retries=llm.max_retries,
+            stream=llm.stream,
+            sleep=backoff,
             rng=random.Random(rng.random() if rng else None),
         )
     engine = Engine(

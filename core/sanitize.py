@@ -9,7 +9,9 @@ from collections.abc import Iterable
 
 # Invisible characters that change nothing a reader sees but can fool name comparison or
 # reorder text; ZWJ/ZWNJ stay because scripts and emoji sequences need them.
-_INVISIBLE = re.compile("[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_INVISIBLE = re.compile(
+    "[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _TEMPLATE = re.compile(
     r"<\||\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<\|?(?:im_start|im_end|endoftext)\|?>",
@@ -30,7 +32,7 @@ def canonical_name(name: str) -> str:
 
 
 def neutralize_template_tokens(text: str) -> str:
-    """Defang chat-template control tokens (`<|im_start|>`, `[INST]`, ...) while keeping them legible."""
+    """Defang chat-template control tokens (`<|im_start|>`, `[INST]`, ...), keeping them legible."""
     return _TEMPLATE.sub(lambda m: m.group(0).translate(_TEMPLATE_SWAP), text)
 
 

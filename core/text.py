@@ -12,7 +12,7 @@ _TRAILING_TEMPLATE = re.compile(r"(?:<\|[^|<>]{0,40}\|>|</s>)+\s*$")
 
 
 def utf16_len(text: str) -> int:
-    """Length in UTF-16 code units: Telegram counts these; Discord counts code points (never more)."""
+    """Length in UTF-16 code units, as Telegram counts (Discord counts code points: never more)."""
     return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 

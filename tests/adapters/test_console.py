@@ -17,8 +17,13 @@ def loud(tmp_path, key: str, name: str, extra: str = "") -> object:
 
 async def test_mention_gets_an_answer_and_quiet_chatter_does_not(model, settings_for, tmp_path):
     settings = settings_for(model)
-    quiet = variant(tmp_path, "quiet", name="Quiet Qi", profile="P",
-                    extra="aliases = ['Qi']\n[behavior]\ntalkativeness = 0.0\n")
+    quiet = variant(
+        tmp_path,
+        "quiet",
+        name="Quiet Qi",
+        profile="P",
+        extra="aliases = ['Qi']\n[behavior]\ntalkativeness = 0.0\n",
+    )
     model.replier = lambda body: "Hello there."
     code, out, err = await run(
         settings, [quiet], ["Ann: nice weather", "/wait 2", "Bob: @Qi are you there?", "/wait 2"]
@@ -32,7 +37,7 @@ async def test_mention_gets_an_answer_and_quiet_chatter_does_not(model, settings
 async def test_burst_gets_one_reply(model, settings_for, tmp_path):
     settings = settings_for(model)
     c = loud(tmp_path, "lu", "Lu")
-    code, out, _ = await run(settings, [c], ["A: one", "B: two", "C: three", "/wait 2"])
+    code, _, _ = await run(settings, [c], ["A: one", "B: two", "C: three", "/wait 2"])
     assert code == 0
     assert len(model.requests) == 1
     assert [m["content"] for m in last_messages(model)[1:4]] == ["A: one", "B: two", "C: three"]
@@ -102,9 +107,10 @@ async def test_why_stats_and_reset(model, settings_for, tmp_path):
     assert "1 requests" in err and "prompt tokens" in err and "¥" in err
     contents = [m["content"] for m in last_messages(model)]
     assert "A: hello" not in contents and "A: new start" in contents
-    assert model.requests[0].headers["x-dashscope-aca-session"] != model.requests[
-        1
-    ].headers["x-dashscope-aca-session"]
+    assert (
+        model.requests[0].headers["x-dashscope-aca-session"]
+        != model.requests[1].headers["x-dashscope-aca-session"]
+    )
 
 
 async def test_session_header_is_stable_per_channel_and_character(model, settings_for, tmp_path):
@@ -162,7 +168,12 @@ async def test_faults_are_retried_or_skipped_without_losing_messages(model, sett
 
 async def test_long_term_memory_sends_only_new_messages(model, settings_for, tmp_path):
     settings = settings_for(model, provider="dashscope")
-    c = loud(tmp_path, "lu", "Lu", extra="[memory]\nenable_long_term_memory = true\nmemory_entries = 50\n")
+    c = loud(
+        tmp_path,
+        "lu",
+        "Lu",
+        extra="[memory]\nenable_long_term_memory = true\nmemory_entries = 50\n",
+    )
     await run(settings, [c], ["A: one", "/wait 2", "A: two", "/wait 2"])
     first, second = (r.body for r in model.requests)
     opts = second["parameters"]["character_options"]

@@ -50,7 +50,10 @@ def sent_messages(model: FakeModelServer) -> list[list[dict[str, object]]]:
 async def test_group_chat_array(model, settings_for, tmp_path, provider):
     settings = settings_for(model, provider=provider)
     lu = variant(
-        tmp_path, "ling_lu", name="Ling Lu", profile=golden.LING_LU_PROFILE,
+        tmp_path,
+        "ling_lu",
+        name="Ling Lu",
+        profile=golden.LING_LU_PROFILE,
         extra="[behavior]\ntalkativeness = 1.0\n",
     )
     model.reply(golden.GROUP_CHAT[2]["content"].removeprefix("Ling Lu:"))
@@ -82,8 +85,14 @@ async def test_direct_turns(model, settings_for, jiang_rang):
     model.reply(turns[1][3]["content"])
     model.reply(turns[2][5]["content"])
     model.reply("A story about you and me.")
-    script = [turns[0][2]["content"], "/wait 2", turns[1][4]["content"], "/wait 2",
-              turns[2][6]["content"], "/wait 2"]
+    script = [
+        turns[0][2]["content"],
+        "/wait 2",
+        turns[1][4]["content"],
+        "/wait 2",
+        turns[2][6]["content"],
+        "/wait 2",
+    ]
     code, out, err = await run(settings, [jiang_rang], script, direct=True)
     assert code == 0, err
     assert sent_messages(model) == turns
@@ -93,14 +102,17 @@ async def test_direct_turns(model, settings_for, jiang_rang):
 async def test_direct_continuation_array(model, settings_for, tmp_path):
     settings = settings_for(model)
     jr = variant(
-        tmp_path, "jiang_rang", name="Jiang Rang", profile=golden.JIANG_RANG_PROFILE,
+        tmp_path,
+        "jiang_rang",
+        name="Jiang Rang",
+        profile=golden.JIANG_RANG_PROFILE,
         extra=f"greeting = {json.dumps(golden.CONTINUATION[1]['content'])}\n"
         "[behavior]\nmax_continuations = 3\ncontinue_after_s = 90\ncontinue_backoff = 2.0\n",
     )
     model.reply(golden.CONTINUATION[2]["content"])
     model.reply(golden.CONTINUATION[3]["content"])
     model.reply("(A slight smile on the lips) You're not thinking about me, are you?")
-    code, out, err = await run(settings, [jr], ["/wait 100", "/wait 200", "/wait 400"], direct=True)
+    code, _, err = await run(settings, [jr], ["/wait 100", "/wait 200", "/wait 400"], direct=True)
     assert code == 0, err
     msgs = sent_messages(model)
     assert len(msgs) == 3
@@ -111,12 +123,19 @@ async def test_direct_continuation_array(model, settings_for, tmp_path):
 async def test_supplement_array(model, settings_for, tmp_path):
     settings = settings_for(model)
     jr = variant(
-        tmp_path, "jiang_rang", name="Jiang Rang", profile=golden.SUPPLEMENT_PROFILE,
+        tmp_path,
+        "jiang_rang",
+        name="Jiang Rang",
+        profile=golden.SUPPLEMENT_PROFILE,
         extra=f"greeting = {json.dumps(golden.SUPPLEMENT[1]['content'])}\n",
     )
     model.reply("(Thinking for a moment) Since you love dumplings...")
-    script = [f"/note {golden.SUPPLEMENT[2]['content']}", golden.SUPPLEMENT[3]["content"], "/wait 2"]
-    code, out, err = await run(settings, [jr], script, direct=True)
+    script = [
+        f"/note {golden.SUPPLEMENT[2]['content']}",
+        golden.SUPPLEMENT[3]["content"],
+        "/wait 2",
+    ]
+    code, _, err = await run(settings, [jr], script, direct=True)
     assert code == 0, err
     assert last_messages(model) == golden.SUPPLEMENT
     # the note is one-off: the next request no longer carries it

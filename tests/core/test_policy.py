@@ -9,7 +9,9 @@ from core.policy import Candidate, Knobs, Seen, decide, names_in
 NOW = 1000.0
 
 
-def human(seq: int, text: str = "hi", addressed: frozenset[str] = frozenset(), who: str = "h1") -> Seen:
+def human(
+    seq: int, text: str = "hi", addressed: frozenset[str] = frozenset(), who: str = "h1"
+) -> Seen:
     return Seen(seq, who, None, False, text, NOW - 10 + seq * 0.1, addressed)
 
 
@@ -22,7 +24,13 @@ def cand(key: str = "lu", t: float = 0.2, **kw: object) -> Candidate:
     return Candidate(key=key, names=(key.title(),), knobs=knobs, **kw)  # type: ignore[arg-type]
 
 
-def run(recent: list[Seen], cands: list[Candidate], seed: int = 1, direct: bool = False, now: float = NOW):
+def run(
+    recent: list[Seen],
+    cands: list[Candidate],
+    seed: int = 1,
+    direct: bool = False,
+    now: float = NOW,
+):
     return decide(recent, cands, direct=direct, now=now, rng=random.Random(seed))
 
 
@@ -53,8 +61,10 @@ def test_chatter_rate_follows_talkativeness() -> None:
 
 
 def test_name_as_a_word_is_likely() -> None:
-    spoke = sum(run([human(1, "what does lu think?")], [cand(t=0.0)], seed=s).speaker == "lu"
-                for s in range(200))
+    spoke = sum(
+        run([human(1, "what does lu think?")], [cand(t=0.0)], seed=s).speaker == "lu"
+        for s in range(200)
+    )
     assert spoke > 150
     assert names_in("凌露你好", ["凌露"]) and not names_in("lunch time", ["Lu"])
 

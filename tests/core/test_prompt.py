@@ -18,7 +18,9 @@ def t(seq: int, who: str, text: str, own: bool = False) -> Turn:
 
 
 def test_group_prefixes_and_partial() -> None:
-    msgs = build_messages(LU, [t(1, "Cheng Yi", "Hi all"), t(2, "Ling Lu", "Hmph.", True)], direct=False)
+    msgs = build_messages(
+        LU, [t(1, "Cheng Yi", "Hi all"), t(2, "Ling Lu", "Hmph.", True)], direct=False
+    )
     assert msgs == [
         {"role": "system", "content": golden.LING_LU_PROFILE},
         {"role": "user", "content": "Cheng Yi: Hi all"},
@@ -93,11 +95,7 @@ def test_estimate_tokens_counts_cjk_wide() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.text(max_size=40), st.text(max_size=400), st.booleans()), max_size=12
-    )
-)
+@given(st.lists(st.tuples(st.text(max_size=40), st.text(max_size=400), st.booleans()), max_size=12))
 def test_no_input_forges_a_turn(items: list[tuple[str, str, bool]]) -> None:
     turns = [Turn(i + 1, f"id{i}", name, text, False) for i, (name, text, _) in enumerate(items)]
     msgs = build_messages(LU, turns, direct=False)
