@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ def write_config(
     provider: str = "openai",
     prefill: str = "partial",
     extra: str = "",
+    env: dict[str, str] | None = None,
 ) -> Settings:
     """A config.toml in tmp_path that points [llm] at the fake server and keeps the db there."""
     base = server.url + ("/v1" if provider == "openai" else "/api/v1")
@@ -44,12 +46,12 @@ path = "salon.db"
 """,
         encoding="utf-8",
     )
-    return load_settings(path, env={"SALON_TEST_KEY": "sk-test-not-a-real-key"})
+    return load_settings(path, env={"SALON_TEST_KEY": "sk-test-not-a-real-key", **(env or {})})
 
 
 @pytest.fixture
 def settings_for(tmp_path: Path) -> Callable[..., Settings]:
-    def make(server: FakeModelServer, **kw: str) -> Settings:
+    def make(server: FakeModelServer, **kw: Any) -> Settings:
         return write_config(tmp_path, server, **kw)
 
     return make
