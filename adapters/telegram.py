@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from telegram import Bot, BotCommand, Update
@@ -30,13 +29,12 @@ from adapters.telegram_translate import (
     Skip,
     route,
 )
-from core.config import resolve_character
 from core.errors import StartupError
 from core.text import split_message
 from core.types import Outgoing
 
 if TYPE_CHECKING:
-    from core.config import Character, Settings, TelegramEntry
+    from core.config import Character, TelegramEntry
     from core.engine import Engine
 
 log = logging.getLogger("salon.telegram")
@@ -353,22 +351,3 @@ class TelegramAdapter:
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def adapters_from_settings(
-    settings: Settings, engine: Engine, *, environ: Mapping[str, str] | None = None
-) -> list[TelegramAdapter]:
-    """One adapter per [[telegram]] entry; a missing token variable is a StartupError."""
-    env = os.environ if environ is None else environ
-    adapters: list[TelegramAdapter] = []
-    for entry in settings.telegram:
-        character = resolve_character(entry.bot, settings.search_dirs())
-        character = engine.characters.get(character.key, character)
-        token = env.get(entry.token_env, "").strip()
-        if not token:
-            raise StartupError(
-                f"telegram ({entry.bot}): set the environment variable {entry.token_env} "
-                "to the bot token from @BotFather"
-            )
-        adapters.append(TelegramAdapter(entry, character, engine, token=token))
-    return adapters

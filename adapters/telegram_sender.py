@@ -23,12 +23,16 @@ log = logging.getLogger("salon.telegram")
 MAX_MESSAGE = 4096
 MAX_RETRIES = 5
 
+# PTB 22 warns inside RetryAfter's own constructor that retry_after will become a timedelta;
+# retry_seconds reads both forms, so this one notice is noise on every flood-control error.
+warnings.filterwarnings(
+    "ignore", message=r".*`retry_after` will be of type", category=PTBDeprecationWarning
+)
+
 
 def retry_seconds(exc: RetryAfter) -> float:
-    """RetryAfter's wait in seconds (PTB 22 gives an int or a timedelta, with a warning for int)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        value = exc.retry_after
+    """RetryAfter's wait in seconds (PTB 22 gives an int, or a timedelta with PTB_TIMEDELTA set)."""
+    value = exc.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 

@@ -111,7 +111,7 @@ def _entities(message: TgMessage, types: list[str | None]) -> dict[MessageEntity
 
 def parse_command(message: TgMessage) -> CommandCall | None:
     """A leading `/name[@bot] args` (found through Telegram's entities, UTF-16 safe)."""
-    text = message.text or ""
+    text = message.text if message.text is not None else message.caption or ""
     for entity, piece in _entities(message, [MessageEntity.BOT_COMMAND]).items():
         if entity.offset != 0:
             continue
@@ -197,7 +197,7 @@ def route(
     body = body_of(message)
     if edited:
         if body is None or command is not None:
-            return Skip("edit without text")
+            return Skip("edit of a command or of a message without text")
         return Deliver(
             Edit(channel, str(message.message_id), body, _timestamp(message, edited=True))
         )

@@ -28,13 +28,14 @@ PROFILE = (
     "personality, use colloquial expressions, and keep each reply under 40 characters."
 )
 HUMANS = ("Cheng Yi", "Tao Le", "Mia", "Oskar", "Ravi", "Yuki")
-WORDS = (
+_CHATTER = (
     "the live stream tonight needs a better mix and the drums are too loud again "
     "who is bringing the bass did anyone hear the new demo I think the chorus drags "
     "let us meet at eight the venue changed the guitar tone is great but the vocals "
     "sit too far back my cat walked over the keyboard during the take coffee first "
     "rehearsal moved to Sunday the chat is quiet today what key is the bridge in"
-).split()
+)
+WORDS = tuple(_CHATTER.split())
 REPLIES = (
     "Ling Lu: Too loud? You just can't keep up.",
     "Sure, if someone brings snacks this time.",
@@ -114,9 +115,7 @@ def chat_text(rng: random.Random, low: int = 3, high: int = 22) -> str:
 
 
 def humans(channel: Channel) -> tuple[Participant, ...]:
-    return tuple(
-        Participant(f"{channel.id}-u{i}", name) for i, name in enumerate(HUMANS)
-    )
+    return tuple(Participant(f"{channel.id}-u{i}", name) for i, name in enumerate(HUMANS))
 
 
 def prompt_tokens(messages: Sequence[Mapping[str, object]]) -> int:
@@ -139,9 +138,7 @@ class InstantBackend:
         if self.on_request is not None:
             self.on_request(request)
         text = REPLIES[self.calls % len(REPLIES)]
-        return ChatResult(
-            (text,), prompt_tokens(request.messages), estimate_tokens(text), 0
-        )
+        return ChatResult((text,), prompt_tokens(request.messages), estimate_tokens(text), 0)
 
     async def aclose(self) -> None:
         return None

@@ -16,7 +16,7 @@ import pytest
 from telegram import Bot
 from telegram.error import RetryAfter
 
-from adapters.telegram import TelegramAdapter, adapters_from_settings, redact
+from adapters.telegram import TelegramAdapter, redact
 from adapters.telegram_sender import TelegramSender
 from core.config import Character, TelegramEntry
 from core.errors import StartupError
@@ -389,21 +389,6 @@ def test_redact_removes_the_token_and_its_secret_half():
     assert redact(f"url /bot{TOKEN}/getMe", TOKEN) == "url /bot[token]/getMe"
     assert redact(f"x {secret} y", TOKEN) == "x [token] y"
     assert redact("nothing", "") == "nothing"
-
-
-def test_missing_token_variable_names_it(tmp_path, ling_lu):
-    from core.config import load_settings
-
-    path = tmp_path / "config.toml"
-    path.write_text(
-        '[[telegram]]\nbot = "ling_lu"\ntoken_env = "TG_NOT_SET_HERE"\n', encoding="utf-8"
-    )
-    settings = load_settings(path, env={})
-    engine = RecordingEngine(ling_lu)
-    with pytest.raises(StartupError, match="TG_NOT_SET_HERE"):
-        adapters_from_settings(settings, engine, environ={})  # type: ignore[arg-type]
-    adapters = adapters_from_settings(settings, engine, environ={"TG_NOT_SET_HERE": TOKEN})  # type: ignore[arg-type]
-    assert [a.key for a in adapters] == ["ling_lu"]
 
 
 # ----- the sender ----------------------------------------------------------------------------
