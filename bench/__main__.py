@@ -146,6 +146,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-budget", action="store_true", help="never stop the pipeline or memory push early"
     )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="pipeline deliveries in flight (default 16, like an adapter that "
+        "dispatches each event as a task)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--workdir", metavar="DIR", help="where the scratch databases go (default: temp)"
@@ -165,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = SIZES[args.size]
     if args.no_budget:
         size = _unbudgeted(size)
+    if args.concurrency:
+        size = replace(size, pipeline=replace(size.pipeline, concurrency=max(1, args.concurrency)))
     workdir = Path(args.workdir) if args.workdir else None
 
     def echo(text: str) -> None:

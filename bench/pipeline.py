@@ -125,6 +125,7 @@ class Harness:
         self.arrivals: dict[tuple[str, str], float] = {}
         self.latencies: list[float] = []
         self.statements = 0
+        self.pushed: list[Message] = []
         self.engine: Engine | None = None
         self.store: Store | None = None
         self.sender = RecordingSender(RealClock(), self._on_send)
@@ -185,7 +186,7 @@ class Harness:
         lanes: list[list[Message]] = [[] for _ in range(max(1, concurrency))]
         for message in messages:
             lanes[int(message.channel.id[1:]) % len(lanes)].append(message)
-        pushed: list[Message] = []
+        pushed = self.pushed = []
 
         async def lane(items: Sequence[Message]) -> None:
             for message in items:
@@ -297,6 +298,7 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
             flat = await harness.flat_out(
                 main, size.concurrency, time.perf_counter() + size.budget_s
             )
+            flat_pushed = harness.pushed
             rate = PACED_SHARE * flat.rate
             count = max(1, int(rate * size.paced_s))
             rounds = range(size.per_channel, size.per_channel + -(-count // size.channels))
@@ -304,7 +306,7 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
             paced = await harness.paced(extra, rate)
         finally:
             await harness.close()
-        stored = main[: flat.messages] if flat.messages < len(main) else main
+        stored = sorted(flat_pushed, key=lambda m: (int(m.id[1:]), int(m.channel.id[1:])))
         floors = {
             "autocommit": await storage_floor(root / "floor-a.db", stored, "autocommit"),
             "transaction": await storage_floor(

@@ -26,7 +26,10 @@ class Posted:
 
 
 class RecordingSender:
-    """A Sender that records every piece and typing call; `step` tags what the test was doing."""
+    """A Sender that records every piece and typing call; `step` tags what the test was doing.
+
+    `on_send` lets a test react to a post, e.g. arm the next fault only once a reply is out.
+    """
 
     def __init__(
         self, key: str, now: Callable[[], float], *, max_length: int = 4000, log: list[Posted]
@@ -35,12 +38,16 @@ class RecordingSender:
         self.max_length = max_length
         self.typing_seen: list[Channel] = []
         self.step = 0
+        self.on_send: Callable[[Posted], None] | None = None
         self._now = now
         self._log = log
 
     async def send(self, out: Outgoing) -> Sent:
         sent = Sent(f"{self.key}-out-{len(self._log) + 1}", self._now())
-        self._log.append(Posted(self.key, out, sent.id, sent.at, self.step))
+        posted = Posted(self.key, out, sent.id, sent.at, self.step)
+        self._log.append(posted)
+        if self.on_send is not None:
+            self.on_send(posted)
         return sent
 
     async def typing(self, channel: Channel) -> None:
@@ -62,9 +69,7 @@ class LogTap(logging.Handler):
         self._seen.append(record)
         self.records.append((record.name, record.levelno, self.format(record)))
 
-    def lines(
-        self, logger: str = "", level: int = logging.NOTSET, contains: str = ""
-    ) -> list[str]:
+    def lines(self, logger: str = "", level: int = logging.NOTSET, contains: str = "") -> list[str]:
         return [
             text
             for name, lvl, text in self.records

@@ -164,18 +164,35 @@ async def play(
     posted: list[Posted] = []
     senders = {k: RecordingSender(k, clock.now, log=posted) for k in engine.characters}
     channel = Channel("test", "band")
-    names = {k: c.name for k, c in engine.characters.items()}
+    other = {"lu": engine.characters["su"].name, "su": engine.characters["lu"].name}
+    # the server's fault queue is shared, so each character's plan is armed when it is next
+    # to ask: the first at once, the second once the first has posted its reply
+    later: dict[str, tuple[str, Plan]] = {}
+
+    def arm_next(done: Posted) -> None:
+        key, plan = later.pop(done.out.reply_to or "", ("", OK))
+        if key:
+            queue(model, plan, other=other[key])
+
     for key, sender in senders.items():
+        sender.on_send = arm_next
         # be present before the first message (a newcomer skips what was said before it came)
         await engine.command(channel, "help", via=key, sender=sender)
     for step in steps:
         for sender in senders.values():
             sender.step = step.index
-        for key, plan in zip(step.addressed, step.plans, strict=True):
-            queue(model, plan, other=names["su" if key == "lu" else "lu"])
+        msg_id = f"in-{step.index}"
+        if step.addressed:
+            queue(model, step.plans[0], other=other[step.addressed[0]])
+        if len(step.addressed) == 2:
+            later[msg_id] = (step.addressed[1], step.plans[1])
         uid, name = step.author
         message = Message(
-            channel, f"in-{step.index}", Participant(uid, name), step.text, clock.now(),
+            channel,
+            msg_id,
+            Participant(uid, name),
+            step.text,
+            clock.now(),
             frozenset(step.addressed),
         )
         for key in sorted(senders):
@@ -255,7 +272,9 @@ async def check_store(engine: Engine, steps: list[Step], posted: list[Posted]) -
         assert state.get("last_posted") == mine[-1:]
         replies = len(mine)
         empties = sum(
-            1 for s in steps for k, p in zip(s.addressed, s.plans, strict=True)
+            1
+            for s in steps
+            for k, p in zip(s.addressed, s.plans, strict=True)
             if k == key and p.outcome == "empty"
         )
         usage = await engine.store.usage(character=key)
@@ -263,6 +282,11 @@ async def check_store(engine: Engine, steps: list[Step], posted: list[Posted]) -
         assert usage.prompt_tokens > 0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: Engine._turn kicks the channel again only when the speaker posted, so a "
+    "second addressed character waits for the next message when the first one's reply fails",
+)
 async def test_second_addressed_character_is_not_stranded_by_a_failed_first(
     model: FakeModelServer, tmp_path: Path
 ) -> None:
@@ -273,8 +297,6 @@ async def test_second_addressed_character_is_not_stranded_by_a_failed_first(
     async with build_engine(
         settings, characters(tmp_path), clock=clock, rng=random.Random(3)
     ) as engine:
-        steps = [
-            Step(0, HUMANS[0], "m0 @lu @su soundcheck?", ("lu", "su"), (PLANS[4], OK), TURN_S)
-        ]
+        steps = [Step(0, HUMANS[0], "m0 @lu @su soundcheck?", ("lu", "su"), (PLANS[4], OK), TURN_S)]
         posted = await play(engine, clock, model, steps)
     assert [(p.key, p.out.reply_to, p.step) for p in posted] == [("su", "in-0", 0)]
