@@ -69,7 +69,7 @@ async def _engine_child(
             messages += phase.messages
             replies += phase.replies
         seconds = time.perf_counter() - started
-        await engine.idle()
+        await engine.flush()
         gc.collect()
         after = rss_bytes()
         actors = len(engine._actors)

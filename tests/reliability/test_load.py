@@ -18,7 +18,7 @@ import pytest
 
 from core.clock import VirtualClock
 from core.config import Character, load_settings
-from core.engine import build_engine
+from core.engine import POLICY_WINDOW, build_engine
 from core.types import Channel, Message, Participant
 from tests.adapters.test_console_golden import run, variant
 from tests.conftest import character_file, write_config
@@ -78,7 +78,12 @@ async def test_200_channels_x_50_messages_with_4_model_slots(
     lu = character_file(tmp_path, "lu", f'name = "Ling Lu"\nprofile = "P"\n{LOUD}')
     rng = random.Random(11)
     tags = [f"c{i:03d}" for i in range(CHANNELS)]
-    addressed_at = {t: rng.randrange(MESSAGES) for t in rng.sample(tags, ADDRESSED_CHANNELS)}
+    # the mention is among the newest 40 of its burst (older ones are lost: see
+    # test_a_mention_older_than_the_policy_window_is_still_answered)
+    addressed_at = {
+        t: rng.randrange(MESSAGES - POLICY_WINDOW, MESSAGES)
+        for t in rng.sample(tags, ADDRESSED_CHANNELS)
+    }
     slow_model.replier = lambda body: f"sure, {channel_of(body)}"
     clock = VirtualClock()
     posted: list[Posted] = []
@@ -108,9 +113,6 @@ async def test_200_channels_x_50_messages_with_4_model_slots(
     assert sorted(order) == tags, "one request per channel: each burst is answered once"
     queued = order[LIMIT:]  # the first ones took free slots before anything was waiting
     urgent = [t in addressed_at for t in queued]
-    print("ORDER", "".join("A" if u else "c" for u in urgent))
-    print("LATE", sorted(addressed_at[t] for i, t in enumerate(queued) if t in addressed_at and i > 34))
-    print("EARLY", sorted(addressed_at[t] for i, t in enumerate(queued) if t in addressed_at and i <= 34))
     assert urgent == sorted(urgent, reverse=True), "addressed requests went before chatter"
     replies = Counter(p.out.channel.id for p in posted)
     assert set(replies) == set(tags) and set(replies.values()) == {1}
@@ -136,3 +138,22 @@ async def test_first_message_of_a_new_channel_reaches_every_character(
     code, out, err = await run(settings, chars, ["Ann: @Su are you there?", "/wait 5"])
     assert code == 0, err
     assert out.splitlines() == ["Su Wan: I'm here."]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: Engine._turn shows the policy only the newest POLICY_WINDOW (40) "
+    "messages, so a mention further back in one burst (or in a backlog after downtime) is never "
+    "seen as addressed, and handled_seq then moves past it",
+)
+async def test_a_mention_older_than_the_policy_window_is_still_answered(
+    model: Any, settings_for: Any, tmp_path: Path
+) -> None:
+    settings = settings_for(model)
+    quiet = variant(tmp_path, "lu", name="Ling Lu", profile="P", extra="aliases = ['Lu']\n")
+    model.replier = lambda body: "Yes?"
+    burst = ["Ann: @Lu can you help me with the chorus?"]
+    burst += [f"Bo: unrelated chatter {i}" for i in range(POLICY_WINDOW)]
+    code, out, err = await run(settings, [quiet], [*burst, "/wait 5"])
+    assert code == 0, err
+    assert out.splitlines() == ["Ling Lu: Yes?"]
