@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +87,8 @@ def _load(arg: str | None, bots: Sequence[str]) -> tuple[Settings, list[Characte
 
 
 def _console(args: argparse.Namespace) -> int:
+    import asyncio
+
     from adapters.console import run_console
     from core.clock import RealClock, VirtualClock
 
@@ -149,6 +150,8 @@ def _import_card(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from adapters.runner import run_adapters
 
     settings, _ = _load(args.config, [])
@@ -157,21 +160,28 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    handlers = {"console": _console, "check": _check, "import-card": _import_card, "run": _run}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        return _fail(e)
+
+
+def _fail(error: Exception) -> int:
+    """Known problems become one clear message and exit 2; anything else is a real bug."""
     from core.cards import CardError
     from core.config import ConfigError
     from core.errors import StartupError
 
-    handlers = {"console": _console, "check": _check, "import-card": _import_card, "run": _run}
-    try:
-        return handlers[args.command](args)
-    except (ConfigError, CardError) as e:
-        sys.stderr.write(f"{e}\n")
+    if isinstance(error, ConfigError | CardError):
+        sys.stderr.write(f"{error}\n")
         return 2
-    except StartupError as e:
-        sys.stderr.write(f"salon: {e}\n")
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
+    if isinstance(error, StartupError):
+        sys.stderr.write(f"salon: {error}\n")
+        return error.exit_code
+    raise error
 
 
 if __name__ == "__main__":  # pragma: no cover

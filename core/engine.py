@@ -67,6 +67,7 @@ class _Actor:
     wake: TimerHandle | None = None
     meta_saved: bool = False
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tail: list[StoredMessage] | None = None  # the newest messages, for decisions; None = not loaded
 
 
 def _day(ts: float) -> str:
@@ -131,6 +132,29 @@ class Engine:
         if actor is not None:
             actor.states[key] = dict(state)
 
+    # ----- the recent tail (cached per channel; the store stays the source of truth) ---------
+    async def _recent(self, actor: _Actor) -> list[StoredMessage]:
+        if actor.tail is None:
+            actor.tail = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
+        return list(actor.tail)
+
+    async def _store_message(self, actor: _Actor, message: Message) -> None:
+        result = await self.store.add_message(message)
+        tail = actor.tail
+        if tail is None or not (result.new or result.newly_addressed):
+            return
+        record = result.record
+        for i in range(len(tail) - 1, -1, -1):
+            if tail[i].seq == record.seq:
+                tail[i] = record
+                return
+            if tail[i].seq < record.seq:
+                tail.insert(i + 1, record)
+                break
+        else:
+            tail.insert(0, record)
+        del tail[: max(0, len(tail) - POLICY_WINDOW)]
+
     # ----- events ------------------------------------------------------------------------
     async def _actor(self, channel: Channel, via: str, sender: Sender) -> _Actor:
         if via not in self.characters:
@@ -169,12 +193,14 @@ class Engine:
                         event.addressed,
                         event.reply_to,
                     )
-            await self.store.add_message(event)
+            await self._store_message(actor, event)
             self._kick(actor)
         elif isinstance(event, Edit):
             await self.store.edit_message(event.channel, event.id, event.text, event.at)
+            actor.tail = None
         elif isinstance(event, Delete):
             await self.store.delete_message(event.channel, event.id)
+            actor.tail = None
 
     async def open_direct(self, channel: Channel, *, via: str, sender: Sender) -> None:
         """A direct chat starts: post the greeting if nothing has been said here yet."""
@@ -352,7 +378,7 @@ class Engine:
     async def _turn(self, actor: _Actor) -> None:
         """One decision for the channel, and the reply it calls for."""
         async with actor.lock:
-            recent = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
+            recent = await self._recent(actor)
             cands = [await self._candidate(actor, k, recent) for k in sorted(actor.senders)]
             decision = decide(
                 [
@@ -547,7 +573,7 @@ class Engine:
             old = float(state.get("token_scale", 1.0))
             state["token_scale"] = round(0.5 * old + 0.5 * (result.prompt_tokens / estimated), 4)
         own = (ch.name, *ch.aliases)
-        others = await self._other_names(actor.channel, key)
+        others = self._other_names(await self._recent(actor), key)
         texts = [t for t in (clean_reply(c, own, others) for c in result.candidates) if t]
         if not texts:
             log.warning(
@@ -557,8 +583,7 @@ class Engine:
             )
         return texts
 
-    async def _other_names(self, channel: Channel, key: str) -> list[str]:
-        rows = await self.store.recent(channel, limit=POLICY_WINDOW)
+    def _other_names(self, rows: list[StoredMessage], key: str) -> list[str]:
         names = {r.author_name for r in rows if r.character != key}
         names.update(c.name for k, c in self.characters.items() if k != key)
         return sorted(names)
@@ -578,7 +603,9 @@ class Engine:
         ids: list[str] = []
         for i, piece in enumerate(split_message(text, sender.max_length)):
             sent = await sender.send(Outgoing(actor.channel, piece, reply_to if i == 0 else None))
-            await self.store.add_message(Message(actor.channel, sent.id, author, piece, sent.at))
+            await self._store_message(
+                actor, Message(actor.channel, sent.id, author, piece, sent.at)
+            )
             ids.append(sent.id)
         return ids
 
@@ -665,6 +692,7 @@ class Engine:
                 return CommandResult(f"{ch.name} has no reply here to replace.", ok=False)
             for msg_id in posted:
                 await self.store.delete_message(actor.channel, msg_id)
+            actor.tail = None
             candidates = list(state.get("candidates", []))
             if candidates:
                 text = candidates.pop(0)
@@ -673,7 +701,7 @@ class Engine:
                 await self._save(actor.channel, key, state)
                 return CommandResult(f"{ch.name}: posted another candidate.")
             await self._save(actor.channel, key, state)
-            recent = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
+            recent = await self._recent(actor)
             spoke = await self._speak(actor, key, "reply", recent, regen=True)
         return CommandResult(
             f"{ch.name}: regenerated."

@@ -1,4 +1,4 @@
-"""Load: 200 channels x 50 messages arriving together against a slow model and [llm] max_concurrency.
+"""Load: 200 channels x 50 messages at once, a slow model, and `[llm] max_concurrency = 4`.
 
 The fake model holds the first requests until every channel's turn is queued for a model slot
 (a turn shows typing right before it queues), so the order in which the rest reach the model
@@ -37,6 +37,7 @@ cooldown_s = 0
 replies_per_minute = 0
 user_replies_per_minute = 0
 """
+SILENT = "[behavior]\ntalkativeness = 0.0\n"
 
 
 @pytest.fixture
@@ -117,7 +118,9 @@ async def test_200_channels_x_50_messages_with_4_model_slots(
     replies = Counter(p.out.channel.id for p in posted)
     assert set(replies) == set(tags) and set(replies.values()) == {1}
     answered = {p.out.channel.id: p.out.reply_to for p in posted}
-    assert {t: answered[t] for t in addressed_at} == {t: f"{t}-{n}" for t, n in addressed_at.items()}
+    assert {t: answered[t] for t in addressed_at} == {
+        t: f"{t}-{n}" for t, n in addressed_at.items()
+    }
 
 
 @pytest.mark.xfail(
@@ -131,8 +134,8 @@ async def test_first_message_of_a_new_channel_reaches_every_character(
 ) -> None:
     settings = settings_for(model)
     chars: list[Character] = [
-        variant(tmp_path, "lu", name="Ling Lu", profile="P", extra="aliases = ['Lu']\n"),
-        variant(tmp_path, "su", name="Su Wan", profile="P", extra="aliases = ['Su']\n"),
+        variant(tmp_path, "lu", name="Ling Lu", profile="P", extra=f"aliases = ['Lu']\n{SILENT}"),
+        variant(tmp_path, "su", name="Su Wan", profile="P", extra=f"aliases = ['Su']\n{SILENT}"),
     ]
     model.replier = lambda body: "I'm here."
     code, out, err = await run(settings, chars, ["Ann: @Su are you there?", "/wait 5"])
@@ -150,7 +153,9 @@ async def test_a_mention_older_than_the_policy_window_is_still_answered(
     model: Any, settings_for: Any, tmp_path: Path
 ) -> None:
     settings = settings_for(model)
-    quiet = variant(tmp_path, "lu", name="Ling Lu", profile="P", extra="aliases = ['Lu']\n")
+    quiet = variant(
+        tmp_path, "lu", name="Ling Lu", profile="P", extra=f"aliases = ['Lu']\n{SILENT}"
+    )
     model.replier = lambda body: "Yes?"
     burst = ["Ann: @Lu can you help me with the chorus?"]
     burst += [f"Bo: unrelated chatter {i}" for i in range(POLICY_WINDOW)]
