@@ -68,9 +68,20 @@ class HttpBackend:
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(timeout_s), transport=transport
-        )
+        self._headers = headers
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        """Created on first use: building the TLS context costs ~0.1 s at start-up."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=httpx.Timeout(self._timeout_s),
+                transport=self._transport,
+            )
+        return self._http
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         body = self._wire.body(request, stream=self._stream)
@@ -87,7 +98,9 @@ class HttpBackend:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def _attempt(self, content: bytes, headers: dict[str, str]) -> ChatResult:
         try:
