@@ -138,25 +138,37 @@ class Engine:
             actor.tail = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
         return list(actor.tail)
 
-    async def _store_message(self, actor: _Actor, message: Message) -> None:
+    def _present(self, channel: Channel) -> dict[str, Sender]:
+        actor = self._actors.get(channel.key)
+        return actor.senders if actor is not None else {}
+
+    async def _store_message(self, actor: _Actor, message: Message) -> StoredMessage:
         result = await self.store.add_message(message)
+        record = result.record
         tail = actor.tail
         if tail is None or not (result.new or result.newly_addressed):
-            return
-        record = result.record
+            return record
         for i in range(len(tail) - 1, -1, -1):
             if tail[i].seq == record.seq:
                 tail[i] = record
-                return
+                return record
             if tail[i].seq < record.seq:
                 tail.insert(i + 1, record)
                 break
         else:
             tail.insert(0, record)
         del tail[: max(0, len(tail) - POLICY_WINDOW)]
+        return record
 
     # ----- events ------------------------------------------------------------------------
-    async def _actor(self, channel: Channel, via: str, sender: Sender) -> _Actor:
+    async def _actor(
+        self, channel: Channel, via: str, sender: Sender, *, baseline: int | None = None
+    ) -> _Actor:
+        """The channel's actor, with `via` present in it.
+
+        A newcomer does not owe answers to what was said before it arrived: its handled mark
+        starts at `baseline` (the message before the one it arrives with), else the last message.
+        """
         if via not in self.characters:
             raise KeyError(f"unknown character {via!r}")
         actor = self._actors.get(channel.key)
@@ -165,8 +177,8 @@ class Engine:
         if via not in actor.senders:
             state = await self._state(channel, via)
             if not state:
-                # a newcomer does not owe answers to what was said before it arrived
-                await self._save(channel, via, {"handled_seq": await self._last_seq(channel)})
+                start = baseline if baseline is not None else await self._last_seq(channel)
+                await self._save(channel, via, {"handled_seq": start})
         actor.senders[via] = sender
         if not actor.meta_saved:
             meta = await self._state(channel, CHANNEL)
@@ -177,7 +189,11 @@ class Engine:
 
     async def receive(self, event: Incoming, *, via: str, sender: Sender) -> None:
         """Persist the event, then let the channel decide; returns once the event is stored."""
-        actor = await self._actor(event.channel, via, sender)
+        if isinstance(event, Message) and via not in self._present(event.channel):
+            actor = self._actors.get(event.channel.key) or _Actor(event.channel)
+            self._actors.setdefault(event.channel.key, actor)
+        else:
+            actor = await self._actor(event.channel, via, sender)
         if isinstance(event, Message):
             author = event.author
             if author.character is None:
@@ -193,7 +209,8 @@ class Engine:
                         event.addressed,
                         event.reply_to,
                     )
-            await self._store_message(actor, event)
+            record = await self._store_message(actor, event)
+            await self._actor(event.channel, via, sender, baseline=record.seq - 1)
             self._kick(actor)
         elif isinstance(event, Edit):
             await self.store.edit_message(event.channel, event.id, event.text, event.at)
@@ -317,6 +334,11 @@ class Engine:
         b = ch.behavior
         state = await self._state(actor.channel, key)
         blocked = await self._blocked(actor.channel, key, state, recent)
+        handled = int(state.get("handled_seq", 0))
+        answering = state.get("answering")
+        if answering is not None and any(m.character == key and m.seq > answering for m in recent):
+            # the reply was stored but a crash kept its state from being saved
+            handled = max(handled, int(answering))
         return Candidate(
             key=key,
             names=(ch.name, *ch.aliases),
@@ -327,7 +349,7 @@ class Engine:
                 continue_backoff=b.continue_backoff,
                 cooldown_s=b.cooldown_s,
             ),
-            handled_seq=int(state.get("handled_seq", 0)),
+            handled_seq=handled,
             last_spoke_at=state.get("last_spoke_at"),
             continuations=int(state.get("continuations", 0)),
             blocked=blocked,
@@ -380,6 +402,11 @@ class Engine:
         async with actor.lock:
             recent = await self._recent(actor)
             cands = [await self._candidate(actor, k, recent) for k in sorted(actor.senders)]
+            behind = min((c.handled_seq for c in cands), default=0)
+            if recent and behind + 1 < recent[0].seq:
+                # a backlog longer than the tail: look back far enough to see every mention
+                limit = max(POLICY_WINDOW, self.settings.salon.history_messages)
+                recent = await self.store.recent(actor.channel, after_seq=behind, limit=limit)
             decision = decide(
                 [
                     Seen(
@@ -398,7 +425,8 @@ class Engine:
             if decision.speaker is not None and decision.mode is not None:
                 spoke = await self._speak(actor, decision.speaker, decision.mode, recent)
             self._schedule_wake(actor, decision.wake_at)
-        if spoke:
+        if spoke or decision.speaker is not None:
+            # others may want to answer it, or still be waiting their turn after a failure
             self._kick(actor)
 
     async def _record(self, actor: _Actor, decision: Decision, recent: list[StoredMessage]) -> None:
@@ -492,8 +520,11 @@ class Engine:
             (m for m in recent if m.seq > int(state.get("handled_seq", 0)) and key in m.addressed),
             None,
         )
+        state.pop("answering", None)
+        before = dict(state)
         state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
         state["window_start"] = start
+        await self._save(channel, key, {**before, "answering": top})
         urgent = addressed is not None or channel.direct or regen
         texts = await self._generate(
             actor, key, request, state, messages, priority=0 if urgent else 1

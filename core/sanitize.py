@@ -17,6 +17,7 @@ _TEMPLATE = re.compile(
     r"<\||\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<\|?(?:im_start|im_end|endoftext)\|?>",
     re.IGNORECASE,
 )
+_NEWLINES = re.compile("\r\n|[\r\u0085\u2028\u2029]")
 _TEMPLATE_SWAP = str.maketrans({"<": "‹", ">": "›", "[": "⟦", "]": "⟧"})
 MAX_NAME = 64
 MAX_PROMPT_CHARS = 4000
@@ -37,9 +38,14 @@ def neutralize_template_tokens(text: str) -> str:
 
 
 def clean_text(text: str) -> str:
-    """Normalise line ends and drop control and bidi/invisible characters."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    """Normalise line ends (also U+2028/U+2029) and drop control and bidi/invisible characters."""
+    text = normalize_newlines(text)
     return _INVISIBLE.sub("", _CONTROL.sub("", text))
+
+
+def normalize_newlines(text: str) -> str:
+    """Every line break readers and tokenizers honour becomes a plain `\\n`."""
+    return _NEWLINES.sub("\n", text)
 
 
 def display_name(raw: str) -> str:

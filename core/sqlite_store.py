@@ -1,22 +1,26 @@
-"""The embedded history store: one SQLite file through aiosqlite, WAL mode, versioned schema.
+"""The embedded history store: one SQLite file, WAL mode, versioned schema, group commit.
 
-All work goes through one connection, one operation at a time, and every write is its own
-committed transaction, so a stored event survives a crash the moment the call returns.
+One dedicated thread owns the sqlite3 connection. Each store call is a small synchronous
+function queued to it; whatever is queued when the thread gets to it runs as one batch in one
+transaction (a savepoint per write, so a failing call undoes only itself) and is committed
+before any caller of the batch resumes: a stored event still survives a crash the moment its
+call returns, at one commit and one thread hand-off per batch instead of per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import queue
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import replace
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-
-import aiosqlite
 
 from core.store import AddResult, StoredMessage, StoreError, Usage
 from core.types import Channel, Message
@@ -143,13 +147,226 @@ def _sqlite_fix(exc: sqlite3.Error) -> str:
     return f"move it away or {_FIX}"
 
 
+def _not_open(path: str) -> StoreError:
+    return StoreError(f"the history database {path} is not open; call open() first")
+
+
+Outcome = tuple[bool, Any]
+"""(succeeded, the call's result or the exception to raise in its caller)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One store call waiting for the worker; a write gets a savepoint and a commit."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    write: bool
+    future: asyncio.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Asks the worker to finish what is queued before it, close the connection and end."""
+
+    future: asyncio.Future[Any] | None
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
+    """Resolve callers on their own event loop; a caller that was cancelled is skipped."""
+    for future, (ok, value) in settled:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _notify(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
+    """Hand outcomes from the worker thread to their event loops, one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
+    for item in settled:
+        by_loop.setdefault(item[0].get_loop(), []).append(item)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, items)
+
+
+class _Worker:
+    """The thread that owns the connection and runs each batch of queued calls as one commit.
+
+    Calls queued while a batch runs make up the next batch, so under load the commits (and
+    the thread hand-offs) are shared by many calls; alone, a call is one batch of one.
+    """
+
+    def __init__(self, path: str, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._path = path
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Call | _Stop] = queue.SimpleQueue()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        """Connect on the worker thread; raises whatever connecting raised."""
+        opened: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._thread = threading.Thread(
+            target=self._main, args=(opened,), name="salon-sqlite", daemon=True
+        )
+        self._thread.start()
+        try:
+            await opened
+        except BaseException:
+            self._stop(None)  # a cancelled open may still connect; the thread then ends
+            raise
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> asyncio.Future[T]:
+        """Queue `fn(connection)`; the future resolves once its batch is committed."""
+        if self._stopping:
+            raise _not_open(self._path)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Call(fn, write, future))
+        return future
+
+    def set_trace_callback(self, callback: Callable[[str], object] | None) -> asyncio.Future[None]:
+        """Trace every statement the connection runs (the benchmark counts them)."""
+        return self.submit(lambda db: db.set_trace_callback(callback), write=False)
+
+    async def stop(self) -> None:
+        """Run and commit everything queued, close the connection, end the thread."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._stop(done)
+        await done
+        if self._thread is not None:
+            self._thread.join()
+
+    def _stop(self, done: asyncio.Future[Any] | None) -> None:
+        self._stopping = True
+        self._queue.put(_Stop(done))
+
+    def _error(self, exc: BaseException) -> StoreError:
+        return StoreError(_one_line(f"history database {self._path}: {exc}"))
+
+    # -- on the worker thread ------------------------------------------------------------------
+
+    def _main(self, opened: asyncio.Future[Any]) -> None:
+        try:
+            db = self._connect()
+        except BaseException as exc:
+            _notify([(opened, (False, exc))])
+            return
+        _notify([(opened, (True, None))])
+        stop: _Stop | None = None
+        try:
+            while stop is None:
+                calls: list[_Call] = []
+                item = self._queue.get()
+                while True:
+                    if isinstance(item, _Stop):
+                        stop = item
+                        break
+                    calls.append(item)
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if calls:
+                    outcomes = self._run_guarded(db, calls)
+                    _notify([(c.future, o) for c, o in zip(calls, outcomes, strict=True)])
+        finally:
+            closed: Outcome = (True, None)
+            try:
+                db.close()
+            except sqlite3.Error as exc:
+                closed = (False, self._error(exc))
+            if stop is not None and stop.future is not None:
+                _notify([(stop.future, closed)])
+
+    def _run_guarded(self, db: sqlite3.Connection, calls: list[_Call]) -> list[Outcome]:
+        """A fault outside the calls themselves fails the batch; no caller may wait forever."""
+        try:
+            return self._run_batch(db, calls)
+        except Exception as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            return [(False, self._error(exc))] * len(calls)
+
+    def _run_batch(self, db: sqlite3.Connection, calls: list[_Call]) -> list[Outcome]:
+        """Run the calls in order; the writes among them are committed together."""
+        if not any(call.write for call in calls):
+            return [self._attempt(db, call) for call in calls]
+        outcomes: list[Outcome] = []
+        while len(outcomes) < len(calls):
+            self._transaction(db, calls, outcomes)
+        return outcomes
+
+    def _attempt(self, db: sqlite3.Connection, call: _Call) -> Outcome:
+        try:
+            return True, call.fn(db)
+        except sqlite3.Error as exc:
+            return False, self._error(exc)
+        except Exception as exc:
+            return False, exc
+
+    def _transaction(
+        self, db: sqlite3.Connection, calls: list[_Call], outcomes: list[Outcome]
+    ) -> None:
+        """Run calls from len(outcomes) on in one transaction, appending their outcomes.
+
+        A failing call rolls back to its savepoint. When the transaction itself is lost (BEGIN
+        or COMMIT fails, or SQLite rolls everything back after an I/O error) every call it ran
+        fails, since none of their writes is stored; a lost BEGIN fails all that is left.
+        """
+        first = len(outcomes)
+        begun = False
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            begun = True
+            for call in calls[first:]:
+                outcomes.append((False, None))  # it counts as run: a failure from here fails it
+                if call.write:
+                    db.execute("SAVEPOINT call")
+                ok, value = outcome = self._attempt(db, call)
+                outcomes[-1] = outcome
+                if not ok and not db.in_transaction:
+                    raise value
+                if call.write:
+                    if not ok:
+                        db.execute("ROLLBACK TO call")
+                    db.execute("RELEASE call")
+            db.execute("COMMIT")
+        except Exception as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            error = exc if isinstance(exc, StoreError) else self._error(exc)
+            ran = len(outcomes) if begun else len(calls)
+            outcomes[first:] = [(False, error)] * (ran - first)
+
+
+def _version(db: sqlite3.Connection) -> int:
+    row = db.execute("PRAGMA user_version").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _fetch_record(
+    db: sqlite3.Connection, where: str, params: Iterable[Any]
+) -> StoredMessage | None:
+    row = db.execute(_SELECT + where, tuple(params)).fetchone()
+    return None if row is None else _record(row)
+
+
+def _fetch_records(db: sqlite3.Connection, sql: str, params: Iterable[Any]) -> list[StoredMessage]:
+    return [_record(row) for row in db.execute(sql, tuple(params)).fetchall()]
+
+
 class SqliteStore:
     """The `Store` on one SQLite file or ":memory:"; missing directories are created on open."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._memory = os.fspath(path) == MEMORY
         self._path = Path(MEMORY) if self._memory else Path(os.fspath(path)).expanduser().absolute()
-        self._db: aiosqlite.Connection | None = None
+        self._worker: _Worker | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -168,7 +385,7 @@ class SqliteStore:
     ) -> None:
         await self.close()
 
-    # -- opening -------------------------------------------------------------------------------
+    # -- opening (on the worker thread) --------------------------------------------------------
 
     def _open_error(self, reason: str) -> StoreError:
         return StoreError(_one_line(f"cannot open the history database {self.path}: {reason}"))
@@ -201,39 +418,36 @@ class SqliteStore:
             )
 
     async def open(self) -> None:
-        """Connect, set WAL, bring the schema up to date, and prove the file writable."""
+        """Start the worker: connect, set WAL, bring the schema up to date, prove it writable."""
         async with self._lock:
-            if self._db is None:
-                self._db = await self._connect()
+            if self._worker is None:
+                worker = _Worker(self.path, self._connect)
+                await worker.start()
+                self._worker = worker
 
-    async def _connect(self) -> aiosqlite.Connection:
+    def _connect(self) -> sqlite3.Connection:
         if not self._memory:
             self._prepare_path()
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
             raise self._open_error(f"{exc}; {_sqlite_fix(exc)}") from None
         try:
-            await self._configure(db)
-            await self._migrate(db)
+            self._configure(db)
+            self._migrate(db)
         except sqlite3.Error as exc:
-            await db.close()
+            db.close()
             raise self._open_error(f"{exc}; {_sqlite_fix(exc)}") from None
         except BaseException:
-            await db.close()
+            db.close()
             raise
         return db
 
-    async def _configure(self, db: aiosqlite.Connection) -> None:
+    def _configure(self, db: sqlite3.Connection) -> None:
         if not self._memory:
-            await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=5000")
-
-    async def _version(self, db: aiosqlite.Connection) -> int:
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row is not None else 0
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
 
     def _check_known(self, version: int) -> None:
         known = len(MIGRATIONS)
@@ -243,83 +457,44 @@ class SqliteStore:
                 f"up to {known}); upgrade salon or {_FIX}"
             )
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
+    def _migrate(self, db: sqlite3.Connection) -> None:
         """Apply the pending migrations in one transaction; rewriting user_version probes writes."""
-        self._check_known(await self._version(db))
-        await db.execute("BEGIN IMMEDIATE")
+        self._check_known(_version(db))
+        db.execute("BEGIN IMMEDIATE")
         try:
-            version = await self._version(db)
+            version = _version(db)
             self._check_known(version)
             for statements in MIGRATIONS[version:]:
                 for statement in statements:
-                    await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {max(version, len(MIGRATIONS))}")
-            await db.execute("COMMIT")
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {max(version, len(MIGRATIONS))}")
+            db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
-                await db.rollback()
+                db.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:
-        """Wait for the running operation, then close the connection; closing twice is harmless."""
+        """Run and commit every queued call, then stop the worker; closing twice is harmless."""
         async with self._lock:
-            db, self._db = self._db, None
-            if db is not None:
-                await db.close()
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                await worker.stop()
 
     # -- running operations --------------------------------------------------------------------
 
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StoreError(f"the history database {self.path} is not open; call open() first")
-        return self._db
+    def _conn(self) -> _Worker:
+        """The open worker (the only way to the connection), or StoreError."""
+        if self._worker is None:
+            raise _not_open(self.path)
+        return self._worker
 
-    def _runtime_error(self, exc: sqlite3.Error) -> StoreError:
-        return StoreError(_one_line(f"history database {self.path}: {exc}"))
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return self._conn().submit(fn, write=False)
 
-    async def _read(self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        async with self._lock:
-            db = self._conn()
-            try:
-                return await operation(db)
-            except sqlite3.Error as exc:
-                raise self._runtime_error(exc) from None
-
-    async def _write(self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run `operation` as one committed transaction; a cancelled caller does not undo it."""
-        return await asyncio.shield(self._transaction(operation))
-
-    async def _transaction(self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        async with self._lock:
-            db = self._conn()
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = await operation(db)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        await db.rollback()
-                    raise
-            except sqlite3.Error as exc:
-                raise self._runtime_error(exc) from None
-            return result
-
-    @staticmethod
-    async def _fetch_record(
-        db: aiosqlite.Connection, where: str, params: Iterable[Any]
-    ) -> StoredMessage | None:
-        async with db.execute(_SELECT + where, tuple(params)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _record(row)
-
-    @staticmethod
-    async def _fetch_records(
-        db: aiosqlite.Connection, sql: str, params: Iterable[Any]
-    ) -> list[StoredMessage]:
-        async with db.execute(sql, tuple(params)) as cursor:
-            rows = await cursor.fetchall()
-        return [_record(row) for row in rows]
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `fn` as one atomic, committed write; a cancelled caller does not undo it."""
+        return self._conn().submit(fn, write=True)
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -329,28 +504,28 @@ class SqliteStore:
         key = (channel.platform, channel.id, message.id)
         text = _storable(message.text)
         name = _storable(author.name)
+        params = (
+            *key,
+            author.id,
+            name,
+            int(author.is_bot),
+            author.character,
+            text,
+            message.at,
+            message.reply_to,
+            _encode_addressed(message.addressed),
+        )
 
-        async def run(db: aiosqlite.Connection) -> AddResult:
-            async with db.execute(
+        def run(db: sqlite3.Connection) -> AddResult:
+            cursor = db.execute(
                 "INSERT INTO messages (platform, channel_id, msg_id, author_id, author_name, "
                 "author_is_bot, character, text, at, reply_to, addressed, deleted) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
                 "ON CONFLICT (platform, channel_id, msg_id) DO NOTHING",
-                (
-                    *key,
-                    author.id,
-                    name,
-                    int(author.is_bot),
-                    author.character,
-                    text,
-                    message.at,
-                    message.reply_to,
-                    _encode_addressed(message.addressed),
-                ),
-            ) as cursor:
-                inserted = cursor.rowcount == 1
-                seq = cursor.lastrowid
-            if inserted and seq is not None:
+                params,
+            )
+            seq = cursor.lastrowid
+            if cursor.rowcount == 1 and seq is not None:
                 record = StoredMessage(
                     seq=seq,
                     platform=channel.platform,
@@ -367,16 +542,15 @@ class SqliteStore:
                     deleted=False,
                 )
                 return AddResult(record, True, frozenset(message.addressed))
-            existing = await self._fetch_record(db, _BY_KEY, key)
+            existing = _fetch_record(db, _BY_KEY, key)
             if existing is None:
                 raise StoreError(f"history database {self.path}: message {key} vanished")
             newly = frozenset(message.addressed) - existing.addressed
             if not newly:
                 return AddResult(existing, False, frozenset())
             merged = existing.addressed | newly
-            await db.execute(
-                "UPDATE messages SET addressed = ?" + _BY_KEY,
-                (_encode_addressed(merged), *key),
+            db.execute(
+                "UPDATE messages SET addressed = ?" + _BY_KEY, (_encode_addressed(merged), *key)
             )
             return AddResult(replace(existing, addressed=merged), False, newly)
 
@@ -388,29 +562,29 @@ class SqliteStore:
         key = (channel.platform, channel.id, msg_id)
         stored = _storable(text)
 
-        async def run(db: aiosqlite.Connection) -> StoredMessage | None:
-            await db.execute(
+        def run(db: sqlite3.Connection) -> StoredMessage | None:
+            db.execute(
                 "UPDATE messages SET text = ?, edited_at = ?"
                 + _BY_KEY
                 + " AND (edited_at IS NULL OR edited_at <= ?)",
                 (stored, at, *key, at),
             )
-            return await self._fetch_record(db, _BY_KEY, key)
+            return _fetch_record(db, _BY_KEY, key)
 
         return await self._write(run)
 
     async def delete_message(self, channel: Channel, msg_id: str) -> StoredMessage | None:
         key = (channel.platform, channel.id, msg_id)
 
-        async def run(db: aiosqlite.Connection) -> StoredMessage | None:
-            await db.execute("UPDATE messages SET deleted = 1" + _BY_KEY, key)
-            return await self._fetch_record(db, _BY_KEY, key)
+        def run(db: sqlite3.Connection) -> StoredMessage | None:
+            db.execute("UPDATE messages SET deleted = 1" + _BY_KEY, key)
+            return _fetch_record(db, _BY_KEY, key)
 
         return await self._write(run)
 
     async def get_message(self, channel: Channel, msg_id: str) -> StoredMessage | None:
         key = (channel.platform, channel.id, msg_id)
-        return await self._read(lambda db: self._fetch_record(db, _BY_KEY, key))
+        return await self._read(lambda db: _fetch_record(db, _BY_KEY, key))
 
     async def recent(
         self, channel: Channel, *, after_seq: int = 0, limit: int = 200
@@ -422,12 +596,12 @@ class SqliteStore:
             "AND deleted = 0 AND seq > ? ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq"
         )
         params = (channel.platform, channel.id, after_seq, limit)
-        return await self._read(lambda db: self._fetch_records(db, sql, params))
+        return await self._read(lambda db: _fetch_records(db, sql, params))
 
     async def last_message(self, channel: Channel) -> StoredMessage | None:
         where = " WHERE platform = ? AND channel_id = ? AND deleted = 0 ORDER BY seq DESC LIMIT 1"
         params = (channel.platform, channel.id)
-        return await self._read(lambda db: self._fetch_record(db, where, params))
+        return await self._read(lambda db: _fetch_record(db, where, params))
 
     async def active_channels(self, platform: str, since: float) -> list[tuple[str, str]]:
         sql = (
@@ -437,9 +611,8 @@ class SqliteStore:
             ") GROUP BY channel_id) ORDER BY seq DESC"
         )
 
-        async def run(db: aiosqlite.Connection) -> list[tuple[str, str]]:
-            async with db.execute(sql, (platform, platform, since)) as cursor:
-                rows = await cursor.fetchall()
+        def run(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = db.execute(sql, (platform, platform, since)).fetchall()
             return [(str(row[0]), str(row[1])) for row in rows]
 
         return await self._read(run)
@@ -449,13 +622,12 @@ class SqliteStore:
     async def get_state(self, channel: Channel, character: str) -> dict[str, Any]:
         params = (channel.platform, channel.id, character)
 
-        async def run(db: aiosqlite.Connection) -> dict[str, Any]:
-            async with db.execute(
+        def run(db: sqlite3.Connection) -> dict[str, Any]:
+            row = db.execute(
                 "SELECT state FROM channel_state "
                 "WHERE platform = ? AND channel_id = ? AND character = ?",
                 params,
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
             if row is None:
                 return {}
             state = json.loads(row[0])
@@ -467,8 +639,8 @@ class SqliteStore:
         encoded = json.dumps(dict(state), ensure_ascii=False, allow_nan=False)
         params = (channel.platform, channel.id, character, encoded)
 
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO channel_state (platform, channel_id, character, state) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (platform, channel_id, character) "
                 "DO UPDATE SET state = excluded.state",
@@ -499,8 +671,8 @@ class SqliteStore:
             int(cached_tokens),
         )
 
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO usage_daily (platform, channel_id, character, day, requests, "
                 "prompt_tokens, completion_tokens, cached_tokens) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
                 "ON CONFLICT (platform, channel_id, character, day) DO UPDATE SET "
@@ -538,9 +710,8 @@ class SqliteStore:
             "FROM usage_daily" + where
         )
 
-        async def run(db: aiosqlite.Connection) -> Usage:
-            async with db.execute(sql, tuple(params)) as cursor:
-                row = await cursor.fetchone()
+        def run(db: sqlite3.Connection) -> Usage:
+            row = db.execute(sql, tuple(params)).fetchone()
             if row is None:
                 return Usage()
             return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
@@ -550,9 +721,8 @@ class SqliteStore:
     # -- key/value -----------------------------------------------------------------------------
 
     async def get_kv(self, key: str) -> str | None:
-        async def run(db: aiosqlite.Connection) -> str | None:
-            async with db.execute("SELECT value FROM kv WHERE name = ?", (key,)) as cursor:
-                row = await cursor.fetchone()
+        def run(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT value FROM kv WHERE name = ?", (key,)).fetchone()
             return None if row is None else str(row[0])
 
         return await self._read(run)
@@ -560,8 +730,8 @@ class SqliteStore:
     async def set_kv(self, key: str, value: str) -> None:
         params = (key, _storable(value))
 
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO kv (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 params,

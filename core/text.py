@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from core.sanitize import canonical_name, neutralize_template_tokens
+from core.sanitize import canonical_name, neutralize_template_tokens, normalize_newlines
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"'”’」』)）]*\s+|(?<=[。！？])")
 _TRAILING_TEMPLATE = re.compile(r"(?:<\|[^|<>]{0,40}\|>|</s>)+\s*$")
@@ -29,7 +29,7 @@ def clean_reply(raw: str, own_names: Sequence[str], other_names: Iterable[str]) 
     """
     own = {canonical_name(n) for n in own_names if n.strip()}
     others = {canonical_name(n) for n in other_names if n.strip()} - own
-    text = raw.replace("\r\n", "\n").replace("\r", "\n")
+    text = normalize_newlines(raw)
     text = _TRAILING_TEMPLATE.sub("", text).strip()
     kept: list[str] = []
     for index, line in enumerate(text.split("\n")):
