@@ -302,8 +302,7 @@ async def run_console(
                 await asyncio.sleep(0)
             await console.finish()
             if engine.fatal is not None:
-                err.write(f"salon: {engine.fatal}\n")
-                return 2
+                return 2  # the engine has logged the reason once
     except StartupError as e:
         err.write(f"salon: {e}\n")
         return e.exit_code

@@ -94,5 +94,5 @@ async def run_adapters(settings: Settings, *, stop: asyncio.Event | None = None)
                 t.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
         if engine.fatal is not None:
-            raise StartupError(str(engine.fatal))
+            return 2  # the engine has logged the reason once
     return 0

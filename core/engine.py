@@ -25,7 +25,7 @@ from core.clock import Clock, RealClock, TimerHandle, VirtualClock
 from core.models import estimated_cost, input_limit
 from core.policy import Candidate, Decision, Knobs, Seen, decide
 from core.slots import PrioritySlots
-from core.store import Store, StoredMessage
+from core.store import Store, StoredMessage, StoreError
 from core.text import clean_reply, split_message
 from core.types import (
     Channel,
@@ -93,14 +93,14 @@ class Engine:
         self.backend = backend
         self.clock: Clock = clock or RealClock()
         self.rng = rng or random.Random()
-        self.fatal: BackendError | None = None
+        self.fatal: BackendError | StoreError | None = None
         self._actors: dict[str, _Actor] = {}
         self._identities: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._model_slots = PrioritySlots(settings.llm.max_concurrency)
         self._budget_warned: set[tuple[str, str]] = set()
         self._clock_waits = 0
-        self.on_fatal: Callable[[BackendError], None] | None = None
+        self.on_fatal: Callable[[Exception], None] | None = None
 
     # ----- identities -------------------------------------------------------------------
     def register_identity(self, platform: str, user_id: str, character: str) -> None:
@@ -254,11 +254,21 @@ class Engine:
             count += 1
         return count
 
+    def _fail(self, error: BackendError | StoreError) -> None:
+        """An error no retry can fix (rejected key, broken database): stop speaking, say it once."""
+        if self.fatal is None:
+            self.fatal = error
+            log.error("%s", error)
+            if self.on_fatal is not None:
+                self.on_fatal(error)
+
     # ----- scheduling ---------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def guarded() -> None:
             try:
                 await coro
+            except StoreError as e:
+                self._fail(e)
             except Exception:
                 log.exception("internal error in a channel task")
 
@@ -360,7 +370,7 @@ class Engine:
     ) -> str | None:
         """Hard limits: fatal backend error, mute, budget, channel and per-user rate limits."""
         if self.fatal is not None:
-            return f"the model backend refused us ({self.fatal})"
+            return f"stopped by an unrecoverable error ({self.fatal})"
         if state.get("muted"):
             return "muted in this channel (/unmute)"
         b = self.characters[key].behavior
@@ -571,10 +581,7 @@ class Engine:
             async with self._model_slots.hold(priority):
                 result = await self.backend.complete(request)
         except AuthError as e:
-            self.fatal = e
-            log.error("%s", e)
-            if self.on_fatal is not None:
-                self.on_fatal(e)
+            self._fail(e)
             return None
         except ModerationError as e:
             log.warning(
