@@ -1,11 +1,16 @@
-"""The SQLite history store: dedup, edits, deletes, windows, state, usage, migrations, bad paths."""
+"""The SQLite history store: dedup, edits, deletes, windows, state, usage, migrations, bad paths,
+and its worker thread: group commit, per-call rollback, lost transactions, close, kill -9."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +21,7 @@ from hypothesis import strategies as st
 from core import sqlite_store
 from core.errors import StartupError
 from core.sqlite_store import SqliteStore
-from core.store import Store, StoreError, Usage
+from core.store import AddResult, Store, StoreError, Usage
 from core.types import Channel, Message, Participant
 
 ROOM = Channel("console", "room")
@@ -497,3 +502,272 @@ async def test_cancelled_caller_still_commits_the_write(store: SqliteStore) -> N
     stored = await store.get_message(ROOM, "m1")
     assert stored is not None and stored.text == "must survive"
     assert (await store.add_message(msg("m2"))).new
+
+
+# -- the worker thread and group commit ------------------------------------------------------
+
+
+def sqlite_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "salon-sqlite"]
+
+
+class Gate:
+    """Holds the worker thread in a call, so that everything queued meanwhile is one batch."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.held = store._conn().submit(self._hold, write=False)
+        assert self.started.wait(10)
+
+    def _hold(self, _db: sqlite3.Connection) -> int:
+        self.started.set()
+        self.release.wait(10)
+        return threading.get_ident()
+
+    async def open(self) -> int:
+        self.release.set()
+        return await self.held
+
+
+async def traced(store: SqliteStore) -> list[str]:
+    statements: list[str] = []
+    await store._conn().set_trace_callback(statements.append)
+    return statements
+
+
+async def test_calls_queued_together_share_one_commit(store: SqliteStore) -> None:
+    statements = await traced(store)
+    gate = Gate(store)
+    statements.clear()
+    added = [asyncio.create_task(store.add_message(msg(f"m{i}", f"text {i}"))) for i in range(20)]
+    state = asyncio.create_task(store.put_state(ROOM, "ling_lu", {"n": 1}))
+    seen = asyncio.create_task(store.get_message(ROOM, "m19"))
+    await asyncio.sleep(0)
+    worker_thread = await gate.open()
+    results = await asyncio.gather(*added)
+    await state
+    assert worker_thread != threading.get_ident()
+    assert [r.record.seq for r in results] == sorted(r.record.seq for r in results)
+    assert all(r.new for r in results)
+    early = await seen
+    assert early is not None and early.text == "text 19"
+    assert statements.count("COMMIT") == 1 and statements.count("BEGIN IMMEDIATE") == 1
+    assert len(await store.recent(ROOM)) == 20
+    assert await store.get_state(ROOM, "ling_lu") == {"n": 1}
+
+
+async def test_a_lone_read_runs_without_a_transaction(store: SqliteStore) -> None:
+    statements = await traced(store)
+    statements.clear()
+    assert await store.get_kv("k") is None
+    assert await store.recent(ROOM) == []
+    assert not any(s in statements for s in ("BEGIN IMMEDIATE", "COMMIT"))
+
+
+def _insert_then_fail(db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO kv (name, value) VALUES ('half', 'done')")
+    db.execute("INSERT INTO no_such_table VALUES (1)")
+
+
+def _insert_then_raise(db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO kv (name, value) VALUES ('other half', 'done')")
+    raise ValueError("not an SQL problem")
+
+
+async def test_a_failing_call_rolls_back_only_itself(store: SqliteStore) -> None:
+    statements = await traced(store)
+    gate = Gate(store)
+    statements.clear()
+    worker = store._conn()
+    before = asyncio.create_task(store.set_kv("before", "1"))
+    await asyncio.sleep(0)
+    failing = worker.submit(_insert_then_fail, write=True)
+    raising = worker.submit(_insert_then_raise, write=True)
+    after = asyncio.create_task(store.add_message(msg("m1", "after")))
+    await asyncio.sleep(0)
+    await gate.open()
+    outcomes = await asyncio.gather(before, failing, raising, after, return_exceptions=True)
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], StoreError)
+    assert "no_such_table" in str(outcomes[1]) and ":memory:" in str(outcomes[1])
+    assert isinstance(outcomes[2], ValueError)
+    assert isinstance(outcomes[3], AddResult) and outcomes[3].new
+    assert statements.count("COMMIT") == 1
+    assert await store.get_kv("before") == "1"
+    assert await store.get_kv("half") is None
+    assert await store.get_kv("other half") is None
+    stored = await store.get_message(ROOM, "m1")
+    assert stored is not None and stored.text == "after"
+
+
+def _deny_commit(db: sqlite3.Connection) -> None:
+    def authorize(action: int, arg1: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT":
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    db.set_authorizer(authorize)
+
+
+async def test_a_failed_commit_fails_every_write_of_the_batch(store: SqliteStore) -> None:
+    worker = store._conn()
+    gate = Gate(store)
+    deny = worker.submit(_deny_commit, write=False)
+    first = asyncio.create_task(store.set_kv("a", "1"))
+    second = asyncio.create_task(store.add_message(msg("m1")))
+    await asyncio.sleep(0)
+    await gate.open()
+    outcomes = await asyncio.gather(deny, first, second, return_exceptions=True)
+    assert all(isinstance(outcome, StoreError) for outcome in outcomes)
+    assert all("\n" not in str(outcome) for outcome in outcomes)
+    await worker.submit(lambda db: db.set_authorizer(None), write=False)
+    assert await store.get_kv("a") is None
+    assert await store.get_message(ROOM, "m1") is None
+    await store.set_kv("a", "2")
+    assert await store.get_kv("a") == "2"
+
+
+def _lose_the_transaction(db: sqlite3.Connection) -> None:
+    db.execute("ROLLBACK")  # what SQLite itself does on a full disk or an I/O error
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+async def test_a_lost_transaction_fails_its_calls_and_the_rest_go_on(store: SqliteStore) -> None:
+    worker = store._conn()
+    gate = Gate(store)
+    before = asyncio.create_task(store.set_kv("before", "1"))
+    await asyncio.sleep(0)
+    lost = worker.submit(_lose_the_transaction, write=True)
+    after = asyncio.create_task(store.set_kv("after", "1"))
+    await asyncio.sleep(0)
+    await gate.open()
+    outcomes = await asyncio.gather(before, lost, after, return_exceptions=True)
+    assert isinstance(outcomes[0], StoreError) and "disk I/O error" in str(outcomes[0])
+    assert isinstance(outcomes[1], StoreError) and "disk I/O error" in str(outcomes[1])
+    assert outcomes[2] is None
+    assert await store.get_kv("before") is None
+    assert await store.get_kv("after") == "1"
+
+
+async def test_a_locked_database_fails_writes_clearly_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    async with SqliteStore(path) as db:
+        await db.set_kv("k", "old")
+        await db._conn().submit(lambda c: c.execute("PRAGMA busy_timeout=0"), write=False)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError) as caught:
+                await db.set_kv("k", "new")
+            assert "locked" in str(caught.value) and str(path) in str(caught.value)
+            assert "\n" not in str(caught.value)
+            assert await db.get_kv("k") == "old"
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await db.set_kv("k", "new")
+        assert await db.get_kv("k") == "new"
+
+
+async def test_a_fault_in_the_worker_fails_the_batch_instead_of_hanging(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> list[object]:
+        raise RuntimeError("worker bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite_store._Worker, "_run_batch", broken)
+        with pytest.raises(StoreError, match="worker bug"):
+            await store.set_kv("k", "v")
+    await store.set_kv("k", "w")
+    assert await store.get_kv("k") == "w"
+
+
+async def test_close_commits_what_is_queued_and_stops_the_thread(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    threads_before = len(sqlite_threads())
+    db = SqliteStore(path)
+    await db.open()
+    assert len(sqlite_threads()) == threads_before + 1
+    pending = [asyncio.create_task(db.add_message(msg(f"m{i}"))) for i in range(50)]
+    await asyncio.sleep(0)
+    await db.close()
+    assert all(task.done() and task.result().new for task in pending)
+    assert len(sqlite_threads()) == threads_before
+    with pytest.raises(StoreError, match="not open"):
+        await db.set_kv("k", "v")
+    async with SqliteStore(path) as again:
+        assert len(await again.recent(ROOM)) == 50
+
+
+async def test_a_cancelled_open_leaves_no_thread_and_can_be_retried(tmp_path: Path) -> None:
+    threads_before = sqlite_threads()
+    db = SqliteStore(tmp_path / "salon.db")
+    opening = asyncio.create_task(db.open())
+    await asyncio.sleep(0)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    for thread in sqlite_threads():
+        if thread not in threads_before:
+            thread.join(10)
+    assert sqlite_threads() == threads_before
+    with pytest.raises(StoreError, match="not open"):
+        await db.get_kv("k")
+    async with db:
+        await db.set_kv("k", "v")
+        assert await db.get_kv("k") == "v"
+
+
+_WRITER = """
+import asyncio, sys
+from core.sqlite_store import SqliteStore
+from core.types import Channel, Message, Participant
+
+async def main() -> None:
+    store = SqliteStore(sys.argv[1])
+    await store.open()
+    author = Participant("u1", "Alice")
+
+    async def lane(k: int) -> None:
+        for i in range(1_000_000):
+            msg_id = f"{k}-{i}"
+            await store.add_message(Message(Channel("console", "room"), msg_id, author, "x", 0.0))
+            print(msg_id, flush=True)
+
+    await asyncio.gather(*(lane(k) for k in range(8)))
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_process_keeps_every_acknowledged_write(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    root = Path(__file__).resolve().parents[2]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    acknowledged: list[str] = []
+    try:
+        while len(acknowledged) < 300:
+            line = writer.stdout.readline()
+            if not line:
+                break
+            acknowledged.append(line.strip())
+    finally:
+        writer.kill()
+        rest, _ = writer.communicate()
+    acknowledged.extend(line.strip() for line in rest.splitlines() if line.strip())
+    assert writer.returncode == -signal.SIGKILL
+    assert len(acknowledged) >= 300
+
+    async def stored() -> set[str]:
+        async with SqliteStore(path) as db:
+            return {m.msg_id for m in await db.recent(ROOM, limit=1_000_000)}
+
+    assert set(acknowledged) <= asyncio.run(stored())
