@@ -47,6 +47,7 @@ decisions_log = logging.getLogger("salon.decision")
 
 POLICY_WINDOW = 40
 TYPING_EVERY_S = 4.0
+FLUSH_EVERY_S = 1.0
 CHANNEL = ""  # state key for channel-wide state (notes, direct flag)
 COMMANDS = ("reset", "regen", "why", "stats", "mute", "unmute", "help")
 HELP = (
@@ -100,6 +101,7 @@ class Engine:
         self._model_slots = PrioritySlots(settings.llm.max_concurrency)
         self._budget_warned: set[tuple[str, str]] = set()
         self._clock_waits = 0
+        self._dirty: set[tuple[str, str]] = set()
         self.on_fatal: Callable[[Exception], None] | None = None
 
     # ----- identities -------------------------------------------------------------------
@@ -126,11 +128,36 @@ class Engine:
             cached = actor.states[key] = await self.store.get_state(channel, key)
         return dict(cached)
 
-    async def _save(self, channel: Channel, key: str, state: dict[str, Any]) -> None:
-        await self.store.put_state(channel, key, state)
+    async def _save(
+        self, channel: Channel, key: str, state: dict[str, Any], *, durable: bool = True
+    ) -> None:
+        """Cache the state; write it now, or (durable=False) within FLUSH_EVERY_S.
+
+        Only silent decisions are deferred: losing one in a crash means a chatter roll is made
+        again after the restart, never an addressed message answered twice or not at all.
+        """
         actor = self._actors.get(channel.key)
         if actor is not None:
             actor.states[key] = dict(state)
+        if durable or actor is None:
+            self._dirty.discard((channel.key, key))
+            await self.store.put_state(channel, key, state)
+            return
+        if not self._dirty:
+            asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self._spawn_flush)
+        self._dirty.add((channel.key, key))
+
+    def _spawn_flush(self) -> None:
+        if self._dirty:
+            self._spawn(self.flush_state())
+
+    async def flush_state(self) -> None:
+        """Write every deferred state (also at shutdown)."""
+        dirty, self._dirty = self._dirty, set()
+        for channel_key, key in sorted(dirty):
+            actor = self._actors.get(channel_key)
+            if actor is not None and key in actor.states:
+                await self.store.put_state(actor.channel, key, actor.states[key])
 
     # ----- the recent tail (cached per channel; the store stays the source of truth) ---------
     async def _recent(self, actor: _Actor) -> list[StoredMessage]:
@@ -447,7 +474,7 @@ class Engine:
             state["last_why"] = why
             if key in decision.handled and key != decision.speaker:
                 state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
-            await self._save(actor.channel, key, state)
+            await self._save(actor.channel, key, state, durable=key == decision.speaker)
 
     # ----- generation ---------------------------------------------------------------------
     async def _transcript(
@@ -769,6 +796,8 @@ class Engine:
         return "\n".join(lines)
 
     async def aclose(self) -> None:
+        with contextlib.suppress(StoreError):
+            await self.flush_state()
         for actor in self._actors.values():
             for timer in (actor.debounce, actor.wake):
                 if timer is not None:

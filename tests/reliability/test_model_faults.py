@@ -257,6 +257,7 @@ async def test_500_messages_under_every_fault(
 async def check_store(engine: Engine, steps: list[Step], posted: list[Posted]) -> None:
     """The history holds every human message untouched and every posted piece exactly once."""
     channel = Channel("test", "band")
+    await engine.flush_state()  # silent decisions are persisted lazily
     rows = await engine.store.recent(channel, limit=100_000)
     humans = [r for r in rows if r.character is None]
     assert [(r.msg_id, r.text, r.author_name) for r in humans] == [

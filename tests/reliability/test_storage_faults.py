@@ -152,11 +152,29 @@ async def test_empty_database_file_is_a_new_database(
     assert (code, out) == (0, "Ling Lu: Hmph.\n"), err
 
 
+async def test_corrupt_usage_table_stops_at_the_first_use(
+    model: FakeModelServer, tmp_path: Path
+) -> None:
+    """Corruption the open does not read: the first turn that touches it ends the session with
+    one error naming the file, not one error per message while the bot keeps running."""
+    write_config(tmp_path, model)
+    db = tmp_path / "salon.db"
+    await filled_database(db)
+    smash_table(db, "usage_daily")
+    model.replier = lambda body: "Hmph."
+    code, out, err = await console(tmp_path)
+    errors = [line for line in err.splitlines() if line.startswith("salon:")]
+    assert (code, out) == (2, ""), err
+    assert len(errors) == 1 and "salon.db" in errors[0] and "malformed" in errors[0], err
+    assert "Traceback" not in err
+    assert len(model.requests) <= 1
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="store gap: SqliteStore.open runs no integrity check, so a database whose usage "
-    "table is corrupt opens fine and then every turn fails with 'internal error in a channel "
-    "task' (after paying for the model request), exit 0, no word about the file",
+    reason="store gap: SqliteStore.open runs no integrity check (e.g. PRAGMA quick_check), so "
+    "a database with a corrupt usage table is found only at the first reply, after one model "
+    "request was paid for, instead of at start-up",
 )
 async def test_corrupt_usage_table_is_caught_at_start_up(
     model: FakeModelServer, tmp_path: Path
