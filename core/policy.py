@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from core.sanitize import canonical_name
+from core.sanitize import canonical_name, name_key
 
 NAME_CHANCE = 0.85
 PRESENCE_WINDOW = 10
@@ -66,7 +66,7 @@ def names_in(text: str, names: Sequence[str]) -> bool:
     """Whether any of `names` appears in `text` as a word (case-insensitive, CJK-aware)."""
     folded = canonical_name(text)
     for name in names:
-        key = canonical_name(name)
+        key = name_key(name)
         if not key:
             continue
         if re.search(rf"(?<![\w@]){re.escape(key)}(?!\w)", folded):

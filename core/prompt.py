@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.sanitize import neutralize_content, unique_names
+from core.sanitize import neutralize_content, speaker_keys, unique_names
 
 Msg = dict[str, Any]
+_WIDE = re.compile("[\u2e80-\U0010ffff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ def build_messages(
         ((t.speaker_id, t.speaker, t.character is not None) for t in turns if not t.own),
         reserved=(*own_names, *reserved_names),
     )
-    known = (*own_names, *reserved_names, *names.values())
+    known = speaker_keys((*own_names, *reserved_names, *names.values()))
     body: list[Msg] = []
     for turn in turns:
         content = neutralize_content(turn.text, known)
@@ -93,7 +95,9 @@ def build_messages(
 
 def estimate_tokens(text: str) -> int:
     """A cheap token estimate: CJK characters ~1 token each, other text ~4 characters a token."""
-    wide = sum(1 for ch in text if ord(ch) >= 0x2E80)
+    if text.isascii():
+        return (len(text) + 3) // 4 + 4
+    wide = len(_WIDE.findall(text))
     return wide + (len(text) - wide + 3) // 4 + 4
 
 

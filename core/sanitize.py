@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -91,13 +92,24 @@ def unique_names(
     return result
 
 
-def neutralize_content(text: str, speaker_names: Iterable[str]) -> str:
+def speaker_keys(names: Iterable[str]) -> frozenset[str]:
+    """The comparison forms of speaker names, computed once per prompt."""
+    return frozenset(name_key(n) for n in names if n.strip())
+
+
+@functools.lru_cache(maxsize=8192)
+def name_key(name: str) -> str:
+    """`canonical_name` for names, which repeat: cached."""
+    return canonical_name(name)
+
+
+def neutralize_content(text: str, speaker_names: Iterable[str] | frozenset[str]) -> str:
     """Render an untrusted message body for the prompt.
 
     A line that starts like a turn of a known speaker (`Ling Lu: ...`) is quoted with `> ` so it
     cannot pass for that speaker's own message; template tokens are defanged; a huge body is cut.
     """
-    keys = {canonical_name(n) for n in speaker_names if n.strip()}
+    keys = speaker_names if isinstance(speaker_names, frozenset) else speaker_keys(speaker_names)
     text = clean_text(text)
     if len(text) > MAX_PROMPT_CHARS:
         text = text[:MAX_PROMPT_CHARS].rstrip() + TRUNCATED
