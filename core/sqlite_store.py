@@ -434,6 +434,7 @@ class SqliteStore:
             raise self._open_error(f"{exc}; {_sqlite_fix(exc)}") from None
         try:
             self._configure(db)
+            self._check_integrity(db)
             self._migrate(db)
         except sqlite3.Error as exc:
             db.close()
@@ -448,6 +449,13 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
+
+    def _check_integrity(self, db: sqlite3.Connection) -> None:
+        """`PRAGMA quick_check` at start-up: a damaged file is one clear error now, not a
+        failure at the first reply (after a model request was paid for)."""
+        rows = db.execute("PRAGMA quick_check(1)").fetchall()
+        if rows and rows[0][0] != "ok":
+            raise self._open_error(f"database disk image is malformed ({rows[0][0]}); {_FIX}")
 
     def _check_known(self, version: int) -> None:
         known = len(MIGRATIONS)

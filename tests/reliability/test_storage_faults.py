@@ -170,12 +170,6 @@ async def test_corrupt_usage_table_stops_at_the_first_use(
     assert len(model.requests) <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store gap: SqliteStore.open runs no integrity check (e.g. PRAGMA quick_check), so "
-    "a database with a corrupt usage table is found only at the first reply, after one model "
-    "request was paid for, instead of at start-up",
-)
 async def test_corrupt_usage_table_is_caught_at_start_up(
     model: FakeModelServer, tmp_path: Path
 ) -> None:
