@@ -25,6 +25,7 @@ from core.engine import build_engine
 from core.sqlite_store import SqliteStore
 from core.types import Channel, Message, Participant
 from tests.adapters.test_cli import ROOT, salon
+from tests.adapters.test_discord import until
 from tests.conftest import write_config
 from tests.fakes.model_server import FakeModelServer, last_messages
 from tests.fakes.recording import Posted, RecordingSender
@@ -38,17 +39,6 @@ def console_args(tmp_path: Path) -> list[str]:
     return ["console", "--config", config, "--bot", "ling_lu", "--clock", "virtual", "--seed", "1"]
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    async def loop() -> None:
-        while not check():
-            await asyncio.sleep(0.01)
-
-    try:
-        await asyncio.wait_for(loop(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 def stored_texts(db: Path) -> list[str]:
     """The message texts in the database, read the way another process would."""
     if not db.exists():
@@ -60,7 +50,7 @@ def stored_texts(db: Path) -> list[str]:
             return []
 
 
-async def killed_console(tmp_path: Path, stdin: str, ready: Callable[[], bool], what: str) -> str:
+async def killed_console(tmp_path: Path, stdin: str, ready: Callable[[], bool]) -> str:
     """Start `salon console`, type `stdin` and keep the pipe open; SIGKILL it once `ready`."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "adapters.cli", *console_args(tmp_path),
@@ -72,7 +62,7 @@ async def killed_console(tmp_path: Path, stdin: str, ready: Callable[[], bool], 
     try:
         proc.stdin.write(stdin.encode())
         await proc.stdin.drain()
-        await until(lambda: ready() or proc.returncode is not None, what)
+        await until(lambda: ready() or proc.returncode is not None, 30)
         assert proc.returncode is None, "the console ended before it could be killed"
     finally:
         if proc.returncode is None:
@@ -87,9 +77,7 @@ async def test_kill_during_generation_then_restart_answers_exactly_once(
 ) -> None:
     write_config(tmp_path, model)
     model.delay = 30.0  # the first generation is still running when the process dies
-    out = await killed_console(
-        tmp_path, f"{QUESTION}\n/wait 2\n", lambda: len(model.requests) == 1, "the generation"
-    )
+    out = await killed_console(tmp_path, f"{QUESTION}\n/wait 2\n", lambda: len(model.requests) == 1)
     assert out == ""
 
     model.delay = 0.0
@@ -114,9 +102,7 @@ async def test_kill_before_the_decision_loses_nothing(
     write_config(tmp_path, model)
     db = tmp_path / "salon.db"
     said = ["Tao Le: who has the keys to the studio?", QUESTION]
-    out = await killed_console(
-        tmp_path, "\n".join(said) + "\n", lambda: len(stored_texts(db)) == 2, "both messages"
-    )
+    out = await killed_console(tmp_path, "\n".join(said) + "\n", lambda: len(stored_texts(db)) == 2)
     assert out == "" and model.requests == []
 
     model.replier = lambda body: "Tao Le has them, obviously."

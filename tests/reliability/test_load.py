@@ -7,10 +7,9 @@ shows the engine's priorities deterministically: addressed before chatter.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from core.config import Character, load_settings
 from core.engine import POLICY_WINDOW, build_engine
 from core.types import Channel, Message, Participant
 from tests.adapters.test_console_golden import run, variant
+from tests.adapters.test_discord import until
 from tests.conftest import character_file, write_config
 from tests.fakes.instrumented_model import InstrumentedModelServer
 from tests.fakes.recording import Posted, RecordingSender
@@ -45,17 +45,6 @@ async def slow_model() -> AsyncIterator[InstrumentedModelServer]:
     server = InstrumentedModelServer()
     async with server:
         yield server
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    async def loop() -> None:
-        while not check():
-            await asyncio.sleep(0.005)
-
-    try:
-        await asyncio.wait_for(loop(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def channel_of(body: dict[str, Any]) -> str:
@@ -98,11 +87,11 @@ async def test_200_channels_x_50_messages_with_4_model_slots(
                 await engine.receive(message, via="lu", sender=sender)
         slow_model.hold()
         await clock.advance(2.0)  # every channel's debounce fires: 200 turns at once
-        await until(lambda: len({c.id for c in sender.typing_seen}) == CHANNELS, "all turns")
-        await until(lambda: len(slow_model.arrivals) == LIMIT, "the first requests")
+        await until(lambda: len({c.id for c in sender.typing_seen}) == CHANNELS, 30)
+        await until(lambda: len(slow_model.arrivals) == LIMIT, 30)
         slow_model.delay = 0.05
         slow_model.release()
-        await until(lambda: len(posted) == CHANNELS, "a reply in every channel")
+        await until(lambda: len(posted) == CHANNELS, 30)
         await engine.idle()
 
     assert slow_model.peak == LIMIT, "never more model requests in flight than max_concurrency"

@@ -1,24 +1,32 @@
-"""Storage faults: a database that cannot be used gives one clear error at start-up.
+"""Storage faults: a database that cannot be used gives one clear error, never a loop of them.
 
-`salon console` as a subprocess on broken history files; tests/adapters/test_cli.py already
-covers a file of garbage bytes. Each case must exit 2 with one line that names the file,
-never a traceback and never a session that runs on while every turn fails.
+`salon console` as a subprocess on broken history files (tests/adapters/test_cli.py already
+covers a file of garbage bytes): each case exits 2 with one line that names the file and no
+traceback. One in-process case covers a database that fails after start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from core.clock import VirtualClock
+from core.config import resolve_character
+from core.engine import build_engine
 from core.sqlite_store import SqliteStore
+from core.store import StoreError
 from core.types import Channel, Message, Participant
 from tests.adapters.test_cli import salon
 from tests.conftest import write_config
 from tests.fakes.model_server import FakeModelServer
+from tests.fakes.recording import Posted, RecordingSender, tapped
 
 KEY_ENV = {"SALON_TEST_KEY": "k"}
 SCRIPT = "Ann: @Lu hi\n/wait 2\nAnn: @Lu are you there?\n/wait 2\nBo: @Lu hello?\n/wait 2\n"
@@ -152,22 +160,40 @@ async def test_empty_database_file_is_a_new_database(
     assert (code, out) == (0, "Ling Lu: Hmph.\n"), err
 
 
-async def test_corrupt_usage_table_stops_at_the_first_use(
+class FailingUsageStore(SqliteStore):
+    """The disk goes bad while salon runs: recording model usage fails from then on."""
+
+    async def add_usage(self, *args: Any, **kwargs: Any) -> None:
+        raise StoreError(f"history database {self.path}: disk I/O error")
+
+
+async def test_database_failing_at_run_time_stops_with_one_error(
     model: FakeModelServer, tmp_path: Path
 ) -> None:
-    """Corruption the open does not read: the first turn that touches it ends the session with
-    one error naming the file, not one error per message while the bot keeps running."""
-    write_config(tmp_path, model)
-    db = tmp_path / "salon.db"
-    await filled_database(db)
-    smash_table(db, "usage_daily")
-    model.replier = lambda body: "Hmph."
-    code, out, err = await console(tmp_path)
-    errors = [line for line in err.splitlines() if line.startswith("salon:")]
-    assert (code, out) == (2, ""), err
-    assert len(errors) == 1 and "salon.db" in errors[0] and "malformed" in errors[0], err
-    assert "Traceback" not in err
-    assert len(model.requests) <= 1
+    """Past start-up: the first failed write stops the character for good with one logged
+    error, instead of an error (and a paid model request) for every message that follows."""
+    settings = write_config(tmp_path, model)
+    clock = VirtualClock()
+    posted: list[Posted] = []
+    channel = Channel("console", "group")
+    with tapped(logging.INFO) as tap:
+        async with build_engine(
+            settings, [resolve_character("ling_lu")], clock=clock, rng=random.Random(1),
+            store=FailingUsageStore(settings.storage_path()),
+        ) as engine:  # fmt: skip
+            sender = RecordingSender("ling_lu", clock.now, log=posted)
+            for i in range(3):
+                ask = Message(
+                    channel, f"m{i}", Participant("u", "Ann"), f"@Lu hi {i}", clock.now(),
+                    frozenset({"ling_lu"}),
+                )  # fmt: skip
+                await engine.receive(ask, via="ling_lu", sender=sender)
+                await clock.advance(5, idle=engine.idle)
+            fatal = engine.fatal
+    assert isinstance(fatal, StoreError)
+    assert len(model.requests) == 1 and posted == []
+    errors = tap.lines(level=logging.ERROR)
+    assert len(errors) == 1 and "disk I/O error" in errors[0] and "Traceback" not in errors[0]
 
 
 async def test_corrupt_usage_table_is_caught_at_start_up(
