@@ -8,10 +8,12 @@ the platform limit without losing text, and the store keeps every original text 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import random
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +129,7 @@ TEMPLATE = re.compile(r"<\||\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_tur
 @functools.cache
 def base() -> tuple[Settings, tuple[Character, ...]]:
     folder = Path(tempfile.mkdtemp(prefix="salon-hostile-"))
+    atexit.register(shutil.rmtree, folder, True)
     (folder / "config.toml").write_text("[salon]\nhistory_messages = 400\n", encoding="utf-8")
     quiet = "\n[behavior]\ntalkativeness = 0.0\ndebounce_s = 0\ncooldown_s = 0\n"
     quiet += "replies_per_minute = 0\nuser_replies_per_minute = 0\n"
