@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ async def feed(lines: Iterable[str]) -> AsyncIterator[str]:
 
 
 async def run(
-    settings: Settings, chars: list[Character], lines: list[str], **kw: object
+    settings: Settings, chars: list[Character], lines: list[str], **kw: Any
 ) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = await run_console(
