@@ -98,7 +98,7 @@ def card_to_character(
     shown = nickname or name
 
     def resolve(text: str) -> str:
-        return _resolve_placeholders(text, shown, user).strip()
+        return _resolve_macros(text, shown, user).strip()
 
     def field(key: str) -> str:
         return resolve(_text(data, key, prefix, source))
@@ -373,7 +373,7 @@ def _single_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _resolve_placeholders(text: str, char: str, user: str) -> str:
+def _resolve_macros(text: str, char: str, user: str) -> str:
     return _PLACEHOLDER.sub(
         lambda m: user if (m.group(1) or m.group(2)).lower() == "user" else char, text
     )
