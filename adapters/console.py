@@ -295,6 +295,10 @@ async def run_console(
                 out=out,
                 err=err,
             )
+            if lines is None and sys.stdin.isatty():
+                names = ", ".join(c.name for c in characters)
+                kind = "direct chat" if direct else "group"
+                err.write(f"salon console: {kind} {console.channel.id!r} with {names}. /help\n")
             await console.start()
             async for line in lines if lines is not None else stdin_lines():
                 if not await console.handle(line) or engine.fatal is not None:
