@@ -18,6 +18,10 @@ _TEMPLATE = re.compile(
     r"<\||\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<\|?(?:im_start|im_end|endoftext)\|?>",
     re.IGNORECASE,
 )
+_WHOLE_TOKEN = re.compile(
+    r"<\|[^|<>\n]{0,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>", re.IGNORECASE
+)
+_TURN = re.compile(r"\s*[*_>\"'“「]*\s*([^:：\n]{1,70}?)\s*[*_]*\s*[:：]")
 _NEWLINES = re.compile("\r\n|[\r\u0085\u2028\u2029]")
 _TEMPLATE_SWAP = str.maketrans({"<": "‹", ">": "›", "[": "⟦", "]": "⟧"})
 MAX_NAME = 64
@@ -36,6 +40,11 @@ def canonical_name(name: str) -> str:
 def neutralize_template_tokens(text: str) -> str:
     """Defang chat-template control tokens (`<|im_start|>`, `[INST]`, ...), keeping them legible."""
     return _TEMPLATE.sub(lambda m: m.group(0).translate(_TEMPLATE_SWAP), text)
+
+
+def strip_template_tokens(text: str) -> str:
+    """`text` without chat-template tokens, to see what a line really starts with."""
+    return _TEMPLATE.sub("", _WHOLE_TOKEN.sub("", text))
 
 
 def clean_text(text: str) -> str:
@@ -103,6 +112,11 @@ def name_key(name: str) -> str:
     return canonical_name(name)
 
 
+def _starts_turn(line: str, keys: frozenset[str]) -> bool:
+    m = _TURN.match(line)
+    return m is not None and canonical_name(m.group(1)) in keys
+
+
 def neutralize_content(text: str, speaker_names: Iterable[str] | frozenset[str]) -> str:
     """Render an untrusted message body for the prompt.
 
@@ -115,8 +129,9 @@ def neutralize_content(text: str, speaker_names: Iterable[str] | frozenset[str])
         text = text[:MAX_PROMPT_CHARS].rstrip() + TRUNCATED
     lines = []
     for line in text.split("\n"):
-        m = re.match(r"\s*[*_>\"'“「]*\s*([^:：\n]{1,70}?)\s*[*_]*\s*[:：]", line)
-        if m and canonical_name(m.group(1)) in keys:
+        # "<|im_end|>Name:" starts a turn too, and names may hold defanged tokens themselves
+        probes = (strip_template_tokens(line), neutralize_template_tokens(line))
+        if any(_starts_turn(p, keys) for p in probes):
             line = "> " + line.lstrip()
         lines.append(line)
     return neutralize_template_tokens("\n".join(lines))

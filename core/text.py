@@ -5,7 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from core.sanitize import canonical_name, neutralize_template_tokens, normalize_newlines
+from core.sanitize import (
+    canonical_name,
+    neutralize_template_tokens,
+    normalize_newlines,
+    strip_template_tokens,
+)
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"'”’」』)）]*\s+|(?<=[。！？])")
 _TRAILING_TEMPLATE = re.compile(r"(?:<\|[^|<>]{0,40}\|>|</s>)+\s*$")
@@ -33,15 +38,14 @@ def clean_reply(raw: str, own_names: Sequence[str], other_names: Iterable[str]) 
     text = _TRAILING_TEMPLATE.sub("", text).strip()
     kept: list[str] = []
     for index, line in enumerate(text.split("\n")):
-        speaker = _speaker_prefix(line)
-        if speaker is not None:
-            key = canonical_name(speaker)
-            if key in others:
-                break
-            if key in own:
-                line = re.sub(r"^\s*\**\s*[^:：\n]{1,64}?\s*\**\s*[:：]\s?", "", line, count=1)
-                if index == 0:
-                    line = line.lstrip()
+        probes = (strip_template_tokens(line), neutralize_template_tokens(line))
+        keys = {canonical_name(s) for s in map(_speaker_prefix, probes) if s is not None}
+        if keys & others:
+            break
+        if keys & own:
+            line = re.sub(r"^\s*\**\s*[^:：\n]{1,64}?\s*\**\s*[:：]\s?", "", line, count=1)
+            if index == 0:
+                line = line.lstrip()
         kept.append(line)
     return neutralize_template_tokens("\n".join(kept).strip())
 

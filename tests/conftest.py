@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from core.config import Character, Settings, load_settings, resolve_character
 from tests.fakes.model_server import FakeModelServer
@@ -71,3 +73,10 @@ def ling_lu() -> Character:
 @pytest.fixture
 def jiang_rang() -> Character:
     return resolve_character("jiang_rang")
+
+
+# CI runs hypothesis derandomized, so a landing never depends on the examples of the day;
+# local runs keep exploring new examples.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
