@@ -55,9 +55,11 @@ async def run_adapters(settings: Settings, *, stop: asyncio.Event | None = None)
     tokens_dc = [_token(e.token_env, f"[[discord]] bot = {e.bot!r}") for e, _ in dc]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    if sys.platform != "win32":  # the Windows event loop has no signal handlers
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # outside the main thread (embedding, tests) signals stay with the host
+            with contextlib.suppress(RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
     async with build_engine(settings, characters, rng=random.Random()) as engine:
         adapters: list[Adapter] = []
         if tg:

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 
 from core.sanitize import (
     canonical_name,
+    clean_text,
     neutralize_template_tokens,
-    normalize_newlines,
     strip_template_tokens,
 )
 
@@ -34,7 +34,7 @@ def clean_reply(raw: str, own_names: Sequence[str], other_names: Iterable[str]) 
     """
     own = {canonical_name(n) for n in own_names if n.strip()}
     others = {canonical_name(n) for n in other_names if n.strip()} - own
-    text = normalize_newlines(raw)
+    text = clean_text(raw)
     text = _TRAILING_TEMPLATE.sub("", text).strip()
     kept: list[str] = []
     for index, line in enumerate(text.split("\n")):

@@ -21,25 +21,10 @@ from adapters.telegram_sender import TelegramSender
 from core.config import Character, TelegramEntry
 from core.errors import StartupError
 from core.types import Channel, CommandResult, Edit, Message, Outgoing, Sent
+from tests.fakes.fake_time import FakeTime
 from tests.fakes.telegram_api import FakeBot, FakeTelegramServer
 
 TOKEN = "123456:AAE-secret-token-value-xyz"
-
-
-class FakeTime:
-    """Injected monotonic time and sleep: sleeping records the wait and returns at once."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class RecordingEngine:

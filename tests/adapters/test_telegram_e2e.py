@@ -24,6 +24,7 @@ from core.config import Character, Settings, TelegramEntry
 from core.engine import Engine
 from core.types import Channel
 from tests.conftest import write_config
+from tests.fakes.fake_time import FakeTime
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.telegram_api import FakeBot, FakeTelegramServer, FakeUser
 
@@ -34,20 +35,6 @@ QUIET = {
     "replies_per_minute": 0,
     "user_replies_per_minute": 0,
 }
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 5000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class Records(logging.Handler):
@@ -73,7 +60,7 @@ class Salon:
         self.tg = tg
         self.model = model
         self.monkeypatch = monkeypatch
-        self.time = FakeTime()
+        self.time = FakeTime(5000.0)
         self.adapters: list[TelegramAdapter] = []
         self.bots: list[FakeBot] = []
         self._entries: list[str] = []
