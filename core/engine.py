@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from core import prompt as P
@@ -30,7 +30,6 @@ from core.text import clean_reply, split_message
 from core.types import (
     Channel,
     CommandResult,
-    Delete,
     Edit,
     Incoming,
     Message,
@@ -165,9 +164,11 @@ class Engine:
             actor.tail = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
         return list(actor.tail)
 
-    def _present(self, channel: Channel) -> dict[str, Sender]:
+    def _channel_actor(self, channel: Channel) -> _Actor:
         actor = self._actors.get(channel.key)
-        return actor.senders if actor is not None else {}
+        if actor is None:
+            actor = self._actors[channel.key] = _Actor(channel)
+        return actor
 
     async def _store_message(self, actor: _Actor, message: Message) -> StoredMessage:
         result = await self.store.add_message(message)
@@ -198,9 +199,7 @@ class Engine:
         """
         if via not in self.characters:
             raise KeyError(f"unknown character {via!r}")
-        actor = self._actors.get(channel.key)
-        if actor is None:
-            actor = self._actors[channel.key] = _Actor(channel)
+        actor = self._channel_actor(channel)
         if via not in actor.senders:
             state = await self._state(channel, via)
             if not state:
@@ -216,35 +215,25 @@ class Engine:
 
     async def receive(self, event: Incoming, *, via: str, sender: Sender) -> None:
         """Persist the event, then let the channel decide; returns once the event is stored."""
-        if isinstance(event, Message) and via not in self._present(event.channel):
-            actor = self._actors.get(event.channel.key) or _Actor(event.channel)
-            self._actors.setdefault(event.channel.key, actor)
-        else:
-            actor = await self._actor(event.channel, via, sender)
+        if via not in self.characters:
+            raise KeyError(f"unknown character {via!r}")
         if isinstance(event, Message):
             author = event.author
-            if author.character is None:
-                known = self.character_for(event.channel.platform, author.id)
-                if known is not None:
-                    author = Participant(author.id, author.name, True, known)
-                    event = Message(
-                        event.channel,
-                        event.id,
-                        author,
-                        event.text,
-                        event.at,
-                        event.addressed,
-                        event.reply_to,
-                    )
-            record = await self._store_message(actor, event)
-            await self._actor(event.channel, via, sender, baseline=record.seq - 1)
+            known = self.character_for(event.channel.platform, author.id)
+            if author.character is None and known is not None:
+                author = replace(author, is_bot=True, character=known)
+                event = replace(event, author=author)
+            # stored first; a newcomer joins with this message as its first to answer
+            record = await self._store_message(self._channel_actor(event.channel), event)
+            actor = await self._actor(event.channel, via, sender, baseline=record.seq - 1)
             self._kick(actor)
-        elif isinstance(event, Edit):
+            return
+        actor = await self._actor(event.channel, via, sender)
+        if isinstance(event, Edit):
             await self.store.edit_message(event.channel, event.id, event.text, event.at)
-            actor.tail = None
-        elif isinstance(event, Delete):
+        else:
             await self.store.delete_message(event.channel, event.id)
-            actor.tail = None
+        actor.tail = None
 
     async def open_direct(self, channel: Channel, *, via: str, sender: Sender) -> None:
         """A direct chat starts: post the greeting if nothing has been said here yet."""
@@ -306,29 +295,26 @@ class Engine:
     def _debounce_s(self, actor: _Actor) -> float:
         return max((self.characters[k].behavior.debounce_s for k in actor.senders), default=0.0)
 
-    def _kick(self, actor: _Actor) -> None:
-        if actor.debounce is not None:
-            actor.debounce.cancel()
-        when = self.clock.now() + self._debounce_s(actor)
-
-        def fire() -> None:
-            actor.debounce = None
-            self._spawn(self._turn(actor))
-
-        actor.debounce = self.clock.call_at(when, fire)
-
-    def _schedule_wake(self, actor: _Actor, when: float | None) -> None:
-        if actor.wake is not None:
-            actor.wake.cancel()
-            actor.wake = None
+    def _arm(self, actor: _Actor, slot: str, when: float | None) -> None:
+        """(Re)set the actor's `debounce` or `wake` timer to run one turn at `when` (None: off)."""
+        old: TimerHandle | None = getattr(actor, slot)
+        if old is not None:
+            old.cancel()
+        setattr(actor, slot, None)
         if when is None:
             return
 
         def fire() -> None:
-            actor.wake = None
+            setattr(actor, slot, None)
             self._spawn(self._turn(actor))
 
-        actor.wake = self.clock.call_at(when, fire)
+        setattr(actor, slot, self.clock.call_at(when, fire))
+
+    def _kick(self, actor: _Actor) -> None:
+        self._arm(actor, "debounce", self.clock.now() + self._debounce_s(actor))
+
+    def _schedule_wake(self, actor: _Actor, when: float | None) -> None:
+        self._arm(actor, "wake", when)
 
     async def flush(self) -> None:
         """Run every pending debounced decision now (end of a console script)."""
