@@ -23,7 +23,7 @@ from core.backends.base import (
 )
 from core.clock import Clock, RealClock, TimerHandle, VirtualClock
 from core.models import estimated_cost, input_limit
-from core.policy import Candidate, Decision, Knobs, Seen, decide
+from core.policy import Candidate, Decision, Knobs, decide
 from core.slots import PrioritySlots
 from core.store import Store, StoredMessage, StoreError
 from core.text import clean_reply, split_message
@@ -65,6 +65,7 @@ class _Actor:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     debounce: TimerHandle | None = None
     wake: TimerHandle | None = None
+    queued: bool = False  # a turn is spawned and has not taken its look at the channel yet
     meta_saved: bool = False
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     tail: list[StoredMessage] | None = None  # the newest messages, for decisions; None = not loaded
@@ -306,12 +307,20 @@ class Engine:
 
         def fire() -> None:
             setattr(actor, slot, None)
+            actor.queued = True
             self._spawn(self._turn(actor))
 
         setattr(actor, slot, self.clock.call_at(when, fire))
 
     def _kick(self, actor: _Actor) -> None:
-        self._arm(actor, "debounce", self.clock.now() + self._debounce_s(actor))
+        """Something happened: decide after the debounce (0: on the clock's next tick).
+
+        Without a debounce, a turn that is armed or queued but has not looked yet covers the
+        whole burst, so a busy channel costs one timer per turn rather than one per message.
+        """
+        delay = self._debounce_s(actor)
+        if delay > 0 or not (actor.queued or actor.debounce is not None):
+            self._arm(actor, "debounce", self.clock.now() + delay)
 
     def _schedule_wake(self, actor: _Actor, when: float | None) -> None:
         self._arm(actor, "wake", when)
@@ -423,6 +432,7 @@ class Engine:
     async def _turn(self, actor: _Actor) -> None:
         """One decision for the channel, and the reply it calls for."""
         async with actor.lock:
+            actor.queued = False
             recent = await self._recent(actor)
             cands = [await self._candidate(actor, k, recent) for k in sorted(actor.senders)]
             behind = min((c.handled_seq for c in cands), default=0)
@@ -431,12 +441,7 @@ class Engine:
                 limit = max(POLICY_WINDOW, self.settings.salon.history_messages)
                 recent = await self.store.recent(actor.channel, after_seq=behind, limit=limit)
             decision = decide(
-                [
-                    Seen(
-                        m.seq, m.author_id, m.character, m.author_is_bot, m.text, m.at, m.addressed
-                    )
-                    for m in recent
-                ],
+                recent,
                 cands,
                 direct=actor.channel.direct,
                 now=self.clock.now(),
@@ -460,7 +465,8 @@ class Engine:
             state["last_why"] = why
             if key in decision.handled and key != decision.speaker:
                 state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
-            await self._save(actor.channel, key, state, durable=key == decision.speaker)
+            # the speaker's state is written with its "answering" mark before the model is asked
+            await self._save(actor.channel, key, state, durable=False)
 
     # ----- generation ---------------------------------------------------------------------
     async def _transcript(
@@ -501,8 +507,17 @@ class Engine:
         channel = actor.channel
         state = await self._state(channel, key)
         meta = await self._state(channel, CHANNEL)
-        turns, start = await self._transcript(actor, key, state)
         top = recent[-1].seq if recent else 0
+        if regen:
+            state["regen_count"] = int(state.get("regen_count", 0)) + 1
+        state.pop("answering", None)
+        before = dict(state)
+        # the mark goes to the store first (a crash after the reply then never answers twice);
+        # the transcript read rides in the same batch, so both cost one round trip
+        _, (turns, start) = await asyncio.gather(
+            self._save(channel, key, {**before, "answering": top}),
+            self._transcript(actor, key, state),
+        )
         others = [c for k, c in self.characters.items() if k != key]
         reserved = [n for c in others for n in (c.name, *c.aliases)]
         persona = P.Persona(ch.name, ch.profile, tuple(ch.aliases))
@@ -522,9 +537,8 @@ class Engine:
         gen = ch.generation
         seed = gen.seed
         if regen:
-            bump = int(state.get("regen_count", 0)) + 1
-            state["regen_count"] = bump
-            seed = (seed if seed is not None else self.rng.randrange(1, 2**31)) + bump
+            base = seed if seed is not None else self.rng.randrange(1, 2**31)
+            seed = base + int(state["regen_count"])
         request = ChatRequest(
             messages=tuple(messages),
             params=GenerationParams(
@@ -543,11 +557,8 @@ class Engine:
             (m for m in recent if m.seq > int(state.get("handled_seq", 0)) and key in m.addressed),
             None,
         )
-        state.pop("answering", None)
-        before = dict(state)
         state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
         state["window_start"] = start
-        await self._save(channel, key, {**before, "answering": top})
         urgent = addressed is not None or channel.direct or regen
         texts = await self._generate(
             actor, key, request, state, messages, priority=0 if urgent else 1

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from core.sanitize import canonical_name, name_key
 
@@ -17,14 +18,31 @@ COOLDOWN_FACTOR = 0.5
 Mode = Literal["reply", "continue"]
 
 
+class Said(Protocol):
+    """What the policy reads of a message; the store's records qualify as they are (no copies)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def author_id(self) -> str: ...
+    @property
+    def character(self) -> str | None: ...
+    @property
+    def author_is_bot(self) -> bool: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def addressed(self) -> frozenset[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
-    """A message as the policy sees it."""
+    """A message as the policy sees it, for callers without a store record."""
 
     seq: int
     author_id: str
     character: str | None
-    is_bot: bool
+    author_is_bot: bool
     text: str
     at: float
     addressed: frozenset[str] = frozenset()
@@ -64,21 +82,35 @@ class Decision:
 
 def names_in(text: str, names: Sequence[str]) -> bool:
     """Whether any of `names` appears in `text` as a word (case-insensitive, CJK-aware)."""
+    as_word, anywhere = _matchers(tuple(names))
+    if as_word is None and not anywhere:
+        return False
     folded = canonical_name(text)
-    for name in names:
-        key = name_key(name)
-        if not key:
-            continue
-        if re.search(rf"(?<![\w@]){re.escape(key)}(?!\w)", folded):
-            return True
-        if any(ord(ch) >= 0x2E80 for ch in key) and key in folded:
-            return True
-    return False
+    if as_word is not None and as_word.search(folded):
+        return True
+    return any(key in folded for key in anywhere)
 
 
-def _loop_guard(recent: Sequence[Seen], limit: int) -> bool:
+@functools.lru_cache(maxsize=256)
+def _matchers(names: tuple[str, ...]) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
+    """One pattern for the names as words, and the CJK names that count anywhere in the text."""
+    keys = [k for k in (name_key(n) for n in names) if k]
+    words = "|".join(re.escape(k) for k in keys)
+    pattern = re.compile(rf"(?<![\w@])(?:{words})(?!\w)") if keys else None
+    return pattern, tuple(k for k in keys if any(ord(ch) >= 0x2E80 for ch in k))
+
+
+def _after(recent: Sequence[Said], seq: int) -> Sequence[Said]:
+    """The messages after `seq` (recent is in seq order and usually handled up to its end)."""
+    i = len(recent)
+    while i > 0 and recent[i - 1].seq > seq:
+        i -= 1
+    return recent[i:]
+
+
+def _loop_guard(recent: Sequence[Said], limit: int) -> bool:
     tail = recent[-limit:] if limit > 0 else []
-    return limit > 0 and len(tail) == limit and all(m.is_bot or m.character for m in tail)
+    return limit > 0 and len(tail) == limit and all(m.author_is_bot or m.character for m in tail)
 
 
 def _continuation_due(c: Candidate) -> float:
@@ -87,7 +119,7 @@ def _continuation_due(c: Candidate) -> float:
 
 
 def decide(
-    recent: Sequence[Seen],
+    recent: Sequence[Said],
     candidates: Sequence[Candidate],
     *,
     direct: bool,
@@ -107,7 +139,7 @@ def decide(
     looping = _loop_guard(recent, loop_limit)
     last = recent[-1] if recent else None
     for c in sorted(candidates, key=lambda c: c.key):
-        pending = [m for m in recent if m.seq > c.handled_seq and m.character != c.key]
+        pending = [m for m in _after(recent, c.handled_seq) if m.character != c.key]
         if c.blocked:
             why[c.key] = f"silent: {c.blocked}"
             handled.add(c.key)
@@ -175,7 +207,7 @@ def decide(
     return Decision(speaker, mode, why[speaker], frozenset(handled), why, None)
 
 
-def _chatter_chance(recent: Sequence[Seen], c: Candidate, now: float) -> float:
+def _chatter_chance(recent: Sequence[Said], c: Candidate, now: float) -> float:
     """Talkativeness, damped by how much of the recent talk is already ours and by cooldown."""
     t = c.knobs.talkativeness
     if t >= 1.0:

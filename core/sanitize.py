@@ -31,24 +31,39 @@ TRUNCATED = " … [message truncated]"
 
 def canonical_name(name: str) -> str:
     """The comparison form of a name: NFKC, casefolded, invisible characters and spacing removed."""
+    if name.isascii():  # NFKC and the invisible set leave ASCII alone; casefold is lower
+        if not name.isprintable():
+            name = _CONTROL.sub("", name)
+        return " ".join(name.split()).lower()
     text = unicodedata.normalize("NFKC", name)
     text = _INVISIBLE.sub("", _CONTROL.sub("", text))
     text = text.replace("\u200c", "").replace("\u200d", "")
-    return re.sub(r"\s+", " ", text).strip().casefold()
+    return " ".join(text.split()).casefold()
 
 
 def neutralize_template_tokens(text: str) -> str:
     """Defang chat-template control tokens (`<|im_start|>`, `[INST]`, ...), keeping them legible."""
+    if not _may_hold_token(text):
+        return text
     return _TEMPLATE.sub(lambda m: m.group(0).translate(_TEMPLATE_SWAP), text)
 
 
 def strip_template_tokens(text: str) -> str:
     """`text` without chat-template tokens, to see what a line really starts with."""
+    if not _may_hold_token(text):
+        return text
     return _TEMPLATE.sub("", _WHOLE_TOKEN.sub("", text))
+
+
+def _may_hold_token(text: str) -> bool:
+    """Every template token has one of these characters; most chat lines have none."""
+    return "<" in text or "[" in text or "|" in text
 
 
 def clean_text(text: str) -> str:
     """Normalise line ends (also U+2028/U+2029) and drop control and bidi/invisible characters."""
+    if text.isascii() and text.isprintable():
+        return text
     text = normalize_newlines(text)
     return _INVISIBLE.sub("", _CONTROL.sub("", text))
 
@@ -113,6 +128,8 @@ def name_key(name: str) -> str:
 
 
 def _starts_turn(line: str, keys: frozenset[str]) -> bool:
+    if ":" not in line and "：" not in line:
+        return False
     m = _TURN.match(line)
     return m is not None and canonical_name(m.group(1)) in keys
 

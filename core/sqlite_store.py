@@ -98,8 +98,16 @@ def _storable(text: str) -> str:
     return text
 
 
+_NOBODY = "[]"
+
+
 def _encode_addressed(addressed: Iterable[str]) -> str:
-    return json.dumps(sorted(addressed), ensure_ascii=False)
+    names = sorted(addressed)
+    return json.dumps(names, ensure_ascii=False) if names else _NOBODY
+
+
+def _decode_addressed(encoded: str) -> frozenset[str]:
+    return frozenset() if encoded == _NOBODY else frozenset(json.loads(encoded))
 
 
 def _record(row: Iterable[Any]) -> StoredMessage:
@@ -131,7 +139,7 @@ def _record(row: Iterable[Any]) -> StoredMessage:
         text=text,
         at=float(at),
         reply_to=reply_to,
-        addressed=frozenset(json.loads(addressed)),
+        addressed=_decode_addressed(addressed),
         deleted=bool(deleted),
         edited_at=None if edited_at is None else float(edited_at),
     )
@@ -296,8 +304,9 @@ class _Worker:
         if not any(call.write for call in calls):
             return [self._attempt(db, call) for call in calls]
         outcomes: list[Outcome] = []
+        dropped: dict[int, Outcome] = {}
         while len(outcomes) < len(calls):
-            self._transaction(db, calls, outcomes)
+            self._transaction(db, calls, outcomes, dropped)
         return outcomes
 
     def _attempt(self, db: sqlite3.Connection, call: _Call) -> Outcome:
@@ -309,31 +318,43 @@ class _Worker:
             return False, exc
 
     def _transaction(
-        self, db: sqlite3.Connection, calls: list[_Call], outcomes: list[Outcome]
+        self,
+        db: sqlite3.Connection,
+        calls: list[_Call],
+        outcomes: list[Outcome],
+        dropped: dict[int, Outcome],
     ) -> None:
         """Run calls from len(outcomes) on in one transaction, appending their outcomes.
 
-        A failing call rolls back to its savepoint. When the transaction itself is lost (BEGIN
-        or COMMIT fails, or SQLite rolls everything back after an I/O error) every call it ran
-        fails, since none of their writes is stored; a lost BEGIN fails all that is left.
+        A failing call undoes only itself: SQLite undoes a failed statement, and a call that
+        fails after it changed rows (rare: the store's own writes are one statement each) has
+        the transaction rolled back and run again without it (`dropped`), so the common case
+        pays for no savepoints. When the transaction itself is lost (BEGIN or COMMIT fails, or
+        SQLite rolls everything back after an I/O error) every call it ran fails, since none of
+        their writes is stored; a lost BEGIN fails all that is left.
         """
         first = len(outcomes)
         begun = False
         try:
             db.execute("BEGIN IMMEDIATE")
             begun = True
-            for call in calls[first:]:
+            for index in range(first, len(calls)):
+                if index in dropped:
+                    outcomes.append(dropped[index])
+                    continue
                 outcomes.append((False, None))  # it counts as run: a failure from here fails it
-                if call.write:
-                    db.execute("SAVEPOINT call")
-                ok, value = outcome = self._attempt(db, call)
+                changes = db.total_changes
+                ok, value = outcome = self._attempt(db, calls[index])
                 outcomes[-1] = outcome
-                if not ok and not db.in_transaction:
+                if ok:
+                    continue
+                if not db.in_transaction:
                     raise value
-                if call.write:
-                    if not ok:
-                        db.execute("ROLLBACK TO call")
-                    db.execute("RELEASE call")
+                if db.total_changes != changes:
+                    db.execute("ROLLBACK")
+                    dropped[index] = outcome
+                    del outcomes[first:]
+                    return
             db.execute("COMMIT")
         except Exception as exc:
             if db.in_transaction:
