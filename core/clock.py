@@ -35,7 +35,8 @@ class RealClock:
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
         loop = asyncio.get_running_loop()
-        return loop.call_later(max(0.0, when - self.now()), callback)
+        delay = when - self.now()
+        return loop.call_later(delay, callback) if delay > 0 else loop.call_soon(callback)
 
 
 class _VirtualTimer:

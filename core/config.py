@@ -118,6 +118,7 @@ class StorageConfig(BaseModel):
     model_config = _FROZEN
 
     path: Annotated[str, StringConstraints(min_length=1)] = "salon.db"
+    cache_mb: int = Field(default=64, ge=0)
 
 
 class SalonConfig(BaseModel):

@@ -24,6 +24,7 @@ from core.backends.base import (
 from core.clock import Clock, RealClock, TimerHandle, VirtualClock
 from core.models import estimated_cost, input_limit
 from core.policy import Candidate, Decision, Knobs, decide
+from core.rows import RowCache
 from core.slots import PrioritySlots
 from core.store import Store, StoredMessage, StoreError
 from core.text import clean_reply, split_message
@@ -66,9 +67,10 @@ class _Actor:
     debounce: TimerHandle | None = None
     wake: TimerHandle | None = None
     queued: bool = False  # a turn is spawned and has not taken its look at the channel yet
+    present: tuple[str, ...] = ()  # the keys of `senders`, sorted
+    debounce_s: float = 0.0  # the longest debounce among the present characters
     meta_saved: bool = False
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tail: list[StoredMessage] | None = None  # the newest messages, for decisions; None = not loaded
 
 
 def _day(ts: float) -> str:
@@ -102,6 +104,11 @@ class Engine:
         self._budget_warned: set[tuple[str, str]] = set()
         self._clock_waits = 0
         self._dirty: set[tuple[str, str]] = set()
+        self._knob_cache: dict[str, Knobs] = {}
+        self._rows = RowCache(
+            budget=settings.storage.cache_mb * 2**20,
+            per_channel=max(settings.salon.history_messages + 1, POLICY_WINDOW),
+        )
         self.on_fatal: Callable[[Exception], None] | None = None
 
     # ----- identities -------------------------------------------------------------------
@@ -119,14 +126,28 @@ class Engine:
         return Participant(user_id, self.characters[key].name, is_bot=True, character=key)
 
     # ----- state (cached per channel, written through to the store) -----------------------
-    async def _state(self, channel: Channel, key: str) -> dict[str, Any]:
+    async def _state(self, channel: Channel, key: str, *, copy: bool = True) -> dict[str, Any]:
+        """The state (a copy to change and save; `copy=False` only to read it)."""
         actor = self._actors.get(channel.key)
         if actor is None:
             return await self.store.get_state(channel, key)
         cached = actor.states.get(key)
         if cached is None:
             cached = actor.states[key] = await self.store.get_state(channel, key)
-        return dict(cached)
+        return dict(cached) if copy else cached
+
+    def _knobs(self, key: str) -> Knobs:
+        knobs = self._knob_cache.get(key)
+        if knobs is None:
+            b = self.characters[key].behavior
+            knobs = self._knob_cache[key] = Knobs(
+                talkativeness=b.talkativeness,
+                continue_after_s=b.continue_after_s,
+                max_continuations=b.max_continuations,
+                continue_backoff=b.continue_backoff,
+                cooldown_s=b.cooldown_s,
+            )
+        return knobs
 
     async def _save(
         self, channel: Channel, key: str, state: dict[str, Any], *, durable: bool = True
@@ -159,11 +180,23 @@ class Engine:
             if actor is not None and key in actor.states:
                 await self.store.put_state(actor.channel, key, actor.states[key])
 
-    # ----- the recent tail (cached per channel; the store stays the source of truth) ---------
+    # ----- recent messages (cached per channel; the store stays the source of truth) --------
     async def _recent(self, actor: _Actor) -> list[StoredMessage]:
-        if actor.tail is None:
-            actor.tail = await self.store.recent(actor.channel, limit=POLICY_WINDOW)
-        return list(actor.tail)
+        return await self._history(actor, 0, POLICY_WINDOW)
+
+    async def _history(self, actor: _Actor, after: int, limit: int) -> list[StoredMessage]:
+        """The newest `limit` messages after seq `after`, oldest first; from memory if held."""
+        key = actor.channel.key
+        cached = self._rows.lookup(key, after, limit)
+        if cached is not None:
+            return cached
+        token = self._rows.begin_load(key)
+        try:
+            loaded = await self.store.recent(actor.channel, after_seq=after, limit=limit)
+        except BaseException:
+            self._rows.cancel_load(key)
+            raise
+        return self._rows.end_load(key, token, after, limit, loaded)
 
     def _channel_actor(self, channel: Channel) -> _Actor:
         actor = self._actors.get(channel.key)
@@ -173,21 +206,9 @@ class Engine:
 
     async def _store_message(self, actor: _Actor, message: Message) -> StoredMessage:
         result = await self.store.add_message(message)
-        record = result.record
-        tail = actor.tail
-        if tail is None or not (result.new or result.newly_addressed):
-            return record
-        for i in range(len(tail) - 1, -1, -1):
-            if tail[i].seq == record.seq:
-                tail[i] = record
-                return record
-            if tail[i].seq < record.seq:
-                tail.insert(i + 1, record)
-                break
-        else:
-            tail.insert(0, record)
-        del tail[: max(0, len(tail) - POLICY_WINDOW)]
-        return record
+        if result.new or result.newly_addressed:
+            self._rows.add(actor.channel.key, result.record)
+        return result.record
 
     # ----- events ------------------------------------------------------------------------
     async def _actor(
@@ -207,6 +228,9 @@ class Engine:
                 start = baseline if baseline is not None else await self._last_seq(channel)
                 await self._save(channel, via, {"handled_seq": start})
         actor.senders[via] = sender
+        if via not in actor.present:
+            actor.present = tuple(sorted(actor.senders))
+            actor.debounce_s = max(self.characters[k].behavior.debounce_s for k in actor.present)
         if not actor.meta_saved:
             meta = await self._state(channel, CHANNEL)
             if meta.get("direct") != channel.direct:
@@ -234,7 +258,7 @@ class Engine:
             await self.store.edit_message(event.channel, event.id, event.text, event.at)
         else:
             await self.store.delete_message(event.channel, event.id)
-        actor.tail = None
+        self._rows.invalidate(event.channel.key)
 
     async def open_direct(self, channel: Channel, *, via: str, sender: Sender) -> None:
         """A direct chat starts: post the greeting if nothing has been said here yet."""
@@ -293,9 +317,6 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _debounce_s(self, actor: _Actor) -> float:
-        return max((self.characters[k].behavior.debounce_s for k in actor.senders), default=0.0)
-
     def _arm(self, actor: _Actor, slot: str, when: float | None) -> None:
         """(Re)set the actor's `debounce` or `wake` timer to run one turn at `when` (None: off)."""
         old: TimerHandle | None = getattr(actor, slot)
@@ -318,7 +339,7 @@ class Engine:
         Without a debounce, a turn that is armed or queued but has not looked yet covers the
         whole burst, so a busy channel costs one timer per turn rather than one per message.
         """
-        delay = self._debounce_s(actor)
+        delay = actor.debounce_s
         if delay > 0 or not (actor.queued or actor.debounce is not None):
             self._arm(actor, "debounce", self.clock.now() + delay)
 
@@ -363,8 +384,7 @@ class Engine:
     # ----- decisions ----------------------------------------------------------------------
     async def _candidate(self, actor: _Actor, key: str, recent: list[StoredMessage]) -> Candidate:
         ch = self.characters[key]
-        b = ch.behavior
-        state = await self._state(actor.channel, key)
+        state = await self._state(actor.channel, key, copy=False)
         blocked = await self._blocked(actor.channel, key, state, recent)
         handled = int(state.get("handled_seq", 0))
         answering = state.get("answering")
@@ -374,13 +394,7 @@ class Engine:
         return Candidate(
             key=key,
             names=(ch.name, *ch.aliases),
-            knobs=Knobs(
-                talkativeness=b.talkativeness,
-                continue_after_s=b.continue_after_s,
-                max_continuations=b.max_continuations,
-                continue_backoff=b.continue_backoff,
-                cooldown_s=b.cooldown_s,
-            ),
+            knobs=self._knobs(key),
             handled_seq=handled,
             last_spoke_at=state.get("last_spoke_at"),
             continuations=int(state.get("continuations", 0)),
@@ -434,12 +448,12 @@ class Engine:
         async with actor.lock:
             actor.queued = False
             recent = await self._recent(actor)
-            cands = [await self._candidate(actor, k, recent) for k in sorted(actor.senders)]
+            cands = [await self._candidate(actor, k, recent) for k in actor.present]
             behind = min((c.handled_seq for c in cands), default=0)
             if recent and behind + 1 < recent[0].seq:
                 # a backlog longer than the tail: look back far enough to see every mention
                 limit = max(POLICY_WINDOW, self.settings.salon.history_messages)
-                recent = await self.store.recent(actor.channel, after_seq=behind, limit=limit)
+                recent = await self._history(actor, behind, limit)
             decision = decide(
                 recent,
                 cands,
@@ -476,7 +490,7 @@ class Engine:
         ch = self.characters[key]
         limit = max(2, self.settings.salon.history_messages)
         start = int(state.get("window_start", 0))
-        rows = await self.store.recent(actor.channel, after_seq=max(0, start - 1), limit=limit + 1)
+        rows = await self._history(actor, max(0, start - 1), limit + 1)
         if len(rows) > limit:
             rows = rows[-(limit // 2) :]
             start = rows[0].seq
@@ -754,7 +768,7 @@ class Engine:
                 return CommandResult(f"{ch.name} has no reply here to replace.", ok=False)
             for msg_id in posted:
                 await self.store.delete_message(actor.channel, msg_id)
-            actor.tail = None
+            self._rows.invalidate(actor.channel.key)
             candidates = list(state.get("candidates", []))
             if candidates:
                 text = candidates.pop(0)

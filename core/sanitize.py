@@ -75,6 +75,16 @@ def normalize_newlines(text: str) -> str:
 
 def display_name(raw: str) -> str:
     """A one-line, colon-free, bounded rendering of an untrusted display name."""
+    return _display_name(raw) if len(raw) <= 256 else _render_name(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _display_name(raw: str) -> str:
+    """Names repeat in every prompt: cached (short ones only, so the cache stays small)."""
+    return _render_name(raw)
+
+
+def _render_name(raw: str) -> str:
     text = clean_text(raw).replace("\n", " ").replace("\t", " ")
     text = text.replace(":", " ").replace("：", " ")
     text = neutralize_template_tokens(re.sub(r"\s+", " ", text).strip())
@@ -140,6 +150,14 @@ def neutralize_content(text: str, speaker_names: Iterable[str] | frozenset[str])
     A line that starts like a turn of a known speaker (`Ling Lu: ...`) is quoted with `> ` so it
     cannot pass for that speaker's own message; template tokens are defanged; a huge body is cut.
     """
+    if (
+        len(text) <= MAX_PROMPT_CHARS
+        and text.isprintable()  # one line, no control or invisible characters
+        and ":" not in text
+        and "：" not in text
+        and not _may_hold_token(text)
+    ):
+        return text  # nothing can start a turn or a template token: most chat lines
     keys = speaker_names if isinstance(speaker_names, frozenset) else speaker_keys(speaker_names)
     text = clean_text(text)
     if len(text) > MAX_PROMPT_CHARS:

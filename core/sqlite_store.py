@@ -1,27 +1,23 @@
 """The embedded history store: one SQLite file, WAL mode, versioned schema, group commit.
 
-One dedicated thread owns the sqlite3 connection. Each store call is a small synchronous
-function queued to it; whatever is queued when the thread gets to it runs as one batch in one
-transaction (a savepoint per write, so a failing call undoes only itself) and is committed
-before any caller of the batch resumes: a stored event still survives a crash the moment its
-call returns, at one commit and one thread hand-off per batch instead of per call.
+Each store call is a small synchronous function of the connection, run by `core.sqlite_batch`:
+the calls made during one event-loop iteration share one transaction, committed before any
+caller resumes. Opening (integrity check, migrations) runs on a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from core.sqlite_batch import Batcher, not_open, one_line
 from core.store import AddResult, StoredMessage, StoreError, Usage
 from core.types import Channel, Message
 
@@ -83,10 +79,6 @@ _COLUMNS = (
 )
 _SELECT = f"SELECT {_COLUMNS} FROM messages"
 _BY_KEY = " WHERE platform = ? AND channel_id = ? AND msg_id = ?"
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\r", " ").replace("\n", " ")
 
 
 def _storable(text: str) -> str:
@@ -155,214 +147,10 @@ def _sqlite_fix(exc: sqlite3.Error) -> str:
     return f"move it away or {_FIX}"
 
 
-def _not_open(path: str) -> StoreError:
-    return StoreError(f"the history database {path} is not open; call open() first")
-
-
-Outcome = tuple[bool, Any]
-"""(succeeded, the call's result or the exception to raise in its caller)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One store call waiting for the worker; a write gets a savepoint and a commit."""
-
-    fn: Callable[[sqlite3.Connection], Any]
-    write: bool
-    future: asyncio.Future[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Stop:
-    """Asks the worker to finish what is queued before it, close the connection and end."""
-
-    future: asyncio.Future[Any] | None
-
-
-def _settle(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
-    """Resolve callers on their own event loop; a caller that was cancelled is skipped."""
-    for future, (ok, value) in settled:
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-def _notify(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
-    """Hand outcomes from the worker thread to their event loops, one wake-up per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
-    for item in settled:
-        by_loop.setdefault(item[0].get_loop(), []).append(item)
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_settle, items)
-
-
-class _Worker:
-    """The thread that owns the connection and runs each batch of queued calls as one commit.
-
-    Calls queued while a batch runs make up the next batch, so under load the commits (and
-    the thread hand-offs) are shared by many calls; alone, a call is one batch of one.
-    """
-
-    def __init__(self, path: str, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._path = path
-        self._connect = connect
-        self._queue: queue.SimpleQueue[_Call | _Stop] = queue.SimpleQueue()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    async def start(self) -> None:
-        """Connect on the worker thread; raises whatever connecting raised."""
-        opened: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._thread = threading.Thread(
-            target=self._main, args=(opened,), name="salon-sqlite", daemon=True
-        )
-        self._thread.start()
-        try:
-            await opened
-        except BaseException:
-            self._stop(None)  # a cancelled open may still connect; the thread then ends
-            raise
-
-    def submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> asyncio.Future[T]:
-        """Queue `fn(connection)`; the future resolves once its batch is committed."""
-        if self._stopping:
-            raise _not_open(self._path)
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Call(fn, write, future))
-        return future
-
-    def set_trace_callback(self, callback: Callable[[str], object] | None) -> asyncio.Future[None]:
-        """Trace every statement the connection runs (the benchmark counts them)."""
-        return self.submit(lambda db: db.set_trace_callback(callback), write=False)
-
-    async def stop(self) -> None:
-        """Run and commit everything queued, close the connection, end the thread."""
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._stop(done)
-        await done
-        if self._thread is not None:
-            self._thread.join()
-
-    def _stop(self, done: asyncio.Future[Any] | None) -> None:
-        self._stopping = True
-        self._queue.put(_Stop(done))
-
-    def _error(self, exc: BaseException) -> StoreError:
-        return StoreError(_one_line(f"history database {self._path}: {exc}"))
-
-    # -- on the worker thread ------------------------------------------------------------------
-
-    def _main(self, opened: asyncio.Future[Any]) -> None:
-        try:
-            db = self._connect()
-        except BaseException as exc:
-            _notify([(opened, (False, exc))])
-            return
-        _notify([(opened, (True, None))])
-        stop: _Stop | None = None
-        try:
-            while stop is None:
-                calls: list[_Call] = []
-                item = self._queue.get()
-                while True:
-                    if isinstance(item, _Stop):
-                        stop = item
-                        break
-                    calls.append(item)
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if calls:
-                    outcomes = self._run_guarded(db, calls)
-                    _notify([(c.future, o) for c, o in zip(calls, outcomes, strict=True)])
-        finally:
-            closed: Outcome = (True, None)
-            try:
-                db.close()
-            except sqlite3.Error as exc:
-                closed = (False, self._error(exc))
-            if stop is not None and stop.future is not None:
-                _notify([(stop.future, closed)])
-
-    def _run_guarded(self, db: sqlite3.Connection, calls: list[_Call]) -> list[Outcome]:
-        """A fault outside the calls themselves fails the batch; no caller may wait forever."""
-        try:
-            return self._run_batch(db, calls)
-        except Exception as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            return [(False, self._error(exc))] * len(calls)
-
-    def _run_batch(self, db: sqlite3.Connection, calls: list[_Call]) -> list[Outcome]:
-        """Run the calls in order; the writes among them are committed together."""
-        if not any(call.write for call in calls):
-            return [self._attempt(db, call) for call in calls]
-        outcomes: list[Outcome] = []
-        dropped: dict[int, Outcome] = {}
-        while len(outcomes) < len(calls):
-            self._transaction(db, calls, outcomes, dropped)
-        return outcomes
-
-    def _attempt(self, db: sqlite3.Connection, call: _Call) -> Outcome:
-        try:
-            return True, call.fn(db)
-        except sqlite3.Error as exc:
-            return False, self._error(exc)
-        except Exception as exc:
-            return False, exc
-
-    def _transaction(
-        self,
-        db: sqlite3.Connection,
-        calls: list[_Call],
-        outcomes: list[Outcome],
-        dropped: dict[int, Outcome],
-    ) -> None:
-        """Run calls from len(outcomes) on in one transaction, appending their outcomes.
-
-        A failing call undoes only itself: SQLite undoes a failed statement, and a call that
-        fails after it changed rows (rare: the store's own writes are one statement each) has
-        the transaction rolled back and run again without it (`dropped`), so the common case
-        pays for no savepoints. When the transaction itself is lost (BEGIN or COMMIT fails, or
-        SQLite rolls everything back after an I/O error) every call it ran fails, since none of
-        their writes is stored; a lost BEGIN fails all that is left.
-        """
-        first = len(outcomes)
-        begun = False
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            begun = True
-            for index in range(first, len(calls)):
-                if index in dropped:
-                    outcomes.append(dropped[index])
-                    continue
-                outcomes.append((False, None))  # it counts as run: a failure from here fails it
-                changes = db.total_changes
-                ok, value = outcome = self._attempt(db, calls[index])
-                outcomes[-1] = outcome
-                if ok:
-                    continue
-                if not db.in_transaction:
-                    raise value
-                if db.total_changes != changes:
-                    db.execute("ROLLBACK")
-                    dropped[index] = outcome
-                    del outcomes[first:]
-                    return
-            db.execute("COMMIT")
-        except Exception as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            error = exc if isinstance(exc, StoreError) else self._error(exc)
-            ran = len(outcomes) if begun else len(calls)
-            outcomes[first:] = [(False, error)] * (ran - first)
+def _close_quietly(connecting: asyncio.Future[sqlite3.Connection]) -> None:
+    """An open that was cancelled while connecting: close what it opened."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().close()
 
 
 def _version(db: sqlite3.Connection) -> int:
@@ -387,7 +175,7 @@ class SqliteStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._memory = os.fspath(path) == MEMORY
         self._path = Path(MEMORY) if self._memory else Path(os.fspath(path)).expanduser().absolute()
-        self._worker: _Worker | None = None
+        self._batcher: Batcher | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -406,10 +194,10 @@ class SqliteStore:
     ) -> None:
         await self.close()
 
-    # -- opening (on the worker thread) --------------------------------------------------------
+    # -- opening (on a thread) ------------------------------------------------------------------
 
     def _open_error(self, reason: str) -> StoreError:
-        return StoreError(_one_line(f"cannot open the history database {self.path}: {reason}"))
+        return StoreError(one_line(f"cannot open the history database {self.path}: {reason}"))
 
     def _prepare_path(self) -> None:
         """Create missing directories and name the common path problems before SQLite does."""
@@ -439,24 +227,31 @@ class SqliteStore:
             )
 
     async def open(self) -> None:
-        """Start the worker: connect, set WAL, bring the schema up to date, prove it writable."""
+        """Connect, set WAL, bring the schema up to date and prove it writable (on a thread)."""
         async with self._lock:
-            if self._worker is None:
-                worker = _Worker(self.path, self._connect)
-                await worker.start()
-                self._worker = worker
+            if self._batcher is not None:
+                return
+            connecting = asyncio.ensure_future(asyncio.to_thread(self._connect))
+            try:
+                db = await asyncio.shield(connecting)
+            except asyncio.CancelledError:
+                connecting.add_done_callback(_close_quietly)
+                raise
+            self._batcher = Batcher(self.path, db)
 
     def _connect(self) -> sqlite3.Connection:
         if not self._memory:
             self._prepare_path()
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise self._open_error(f"{exc}; {_sqlite_fix(exc)}") from None
         try:
             self._configure(db)
             self._check_integrity(db)
             self._migrate(db)
+            # from now on a locked database is waited for by the batcher, never in a call
+            db.execute("PRAGMA busy_timeout=0")
         except sqlite3.Error as exc:
             db.close()
             raise self._open_error(f"{exc}; {_sqlite_fix(exc)}") from None
@@ -468,6 +263,8 @@ class SqliteStore:
     def _configure(self, db: sqlite3.Connection) -> None:
         if not self._memory:
             db.execute("PRAGMA journal_mode=WAL")
+            # a helper thread checkpoints; this is only the backstop if it falls behind
+            db.execute("PRAGMA wal_autocheckpoint=20000")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
 
@@ -504,19 +301,19 @@ class SqliteStore:
             raise
 
     async def close(self) -> None:
-        """Run and commit every queued call, then stop the worker; closing twice is harmless."""
+        """Run and commit every queued call, then close; closing twice is harmless."""
         async with self._lock:
-            worker, self._worker = self._worker, None
-            if worker is not None:
-                await worker.stop()
+            batcher, self._batcher = self._batcher, None
+            if batcher is not None:
+                await batcher.close()
 
     # -- running operations --------------------------------------------------------------------
 
-    def _conn(self) -> _Worker:
-        """The open worker (the only way to the connection), or StoreError."""
-        if self._worker is None:
-            raise _not_open(self.path)
-        return self._worker
+    def _conn(self) -> Batcher:
+        """The open batcher (the only way to the connection), or StoreError."""
+        if self._batcher is None:
+            raise not_open(self.path)
+        return self._batcher
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         return self._conn().submit(fn, write=False)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import sqlite_store
+from core import sqlite_batch, sqlite_store
 from core.errors import StartupError
 from core.sqlite_store import SqliteStore
 from core.store import AddResult, Store, StoreError, Usage
@@ -504,30 +504,11 @@ async def test_cancelled_caller_still_commits_the_write(store: SqliteStore) -> N
     assert (await store.add_message(msg("m2"))).new
 
 
-# -- the worker thread and group commit ------------------------------------------------------
+# -- group commit on the loop's thread ------------------------------------------------------
 
 
-def sqlite_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "salon-sqlite"]
-
-
-class Gate:
-    """Holds the worker thread in a call, so that everything queued meanwhile is one batch."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self.held = store._conn().submit(self._hold, write=False)
-        assert self.started.wait(10)
-
-    def _hold(self, _db: sqlite3.Connection) -> int:
-        self.started.set()
-        self.release.wait(10)
-        return threading.get_ident()
-
-    async def open(self) -> int:
-        self.release.set()
-        return await self.held
+def checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "salon-checkpoint"]
 
 
 async def traced(store: SqliteStore) -> list[str]:
@@ -536,18 +517,14 @@ async def traced(store: SqliteStore) -> list[str]:
     return statements
 
 
-async def test_calls_queued_together_share_one_commit(store: SqliteStore) -> None:
+async def test_calls_made_in_one_loop_iteration_share_one_commit(store: SqliteStore) -> None:
     statements = await traced(store)
-    gate = Gate(store)
     statements.clear()
     added = [asyncio.create_task(store.add_message(msg(f"m{i}", f"text {i}"))) for i in range(20)]
     state = asyncio.create_task(store.put_state(ROOM, "ling_lu", {"n": 1}))
     seen = asyncio.create_task(store.get_message(ROOM, "m19"))
-    await asyncio.sleep(0)
-    worker_thread = await gate.open()
     results = await asyncio.gather(*added)
     await state
-    assert worker_thread != threading.get_ident()
     assert [r.record.seq for r in results] == sorted(r.record.seq for r in results)
     assert all(r.new for r in results)
     early = await seen
@@ -555,6 +532,13 @@ async def test_calls_queued_together_share_one_commit(store: SqliteStore) -> Non
     assert statements.count("COMMIT") == 1 and statements.count("BEGIN IMMEDIATE") == 1
     assert len(await store.recent(ROOM)) == 20
     assert await store.get_state(ROOM, "ling_lu") == {"n": 1}
+
+
+async def test_the_caller_resumes_only_after_the_commit(store: SqliteStore) -> None:
+    statements = await traced(store)
+    statements.clear()
+    await store.set_kv("k", "v")
+    assert statements[-1] == "COMMIT"
 
 
 async def test_a_lone_read_runs_without_a_transaction(store: SqliteStore) -> None:
@@ -577,16 +561,12 @@ def _insert_then_raise(db: sqlite3.Connection) -> None:
 
 async def test_a_failing_call_rolls_back_only_itself(store: SqliteStore) -> None:
     statements = await traced(store)
-    gate = Gate(store)
     statements.clear()
-    worker = store._conn()
+    batcher = store._conn()
     before = asyncio.create_task(store.set_kv("before", "1"))
-    await asyncio.sleep(0)
-    failing = worker.submit(_insert_then_fail, write=True)
-    raising = worker.submit(_insert_then_raise, write=True)
     after = asyncio.create_task(store.add_message(msg("m1", "after")))
-    await asyncio.sleep(0)
-    await gate.open()
+    failing = batcher.submit(_insert_then_fail, write=True)  # tasks step before the drain
+    raising = batcher.submit(_insert_then_raise, write=True)
     outcomes = await asyncio.gather(before, failing, raising, after, return_exceptions=True)
     assert outcomes[0] is None
     assert isinstance(outcomes[1], StoreError)
@@ -611,17 +591,14 @@ def _deny_commit(db: sqlite3.Connection) -> None:
 
 
 async def test_a_failed_commit_fails_every_write_of_the_batch(store: SqliteStore) -> None:
-    worker = store._conn()
-    gate = Gate(store)
-    deny = worker.submit(_deny_commit, write=False)
+    batcher = store._conn()
+    await batcher.submit(_deny_commit, write=False)
     first = asyncio.create_task(store.set_kv("a", "1"))
     second = asyncio.create_task(store.add_message(msg("m1")))
-    await asyncio.sleep(0)
-    await gate.open()
-    outcomes = await asyncio.gather(deny, first, second, return_exceptions=True)
+    outcomes = await asyncio.gather(first, second, return_exceptions=True)
     assert all(isinstance(outcome, StoreError) for outcome in outcomes)
     assert all("\n" not in str(outcome) for outcome in outcomes)
-    await worker.submit(lambda db: db.set_authorizer(None), write=False)
+    await batcher.submit(lambda db: db.set_authorizer(None), write=False)
     assert await store.get_kv("a") is None
     assert await store.get_message(ROOM, "m1") is None
     await store.set_kv("a", "2")
@@ -634,32 +611,44 @@ def _lose_the_transaction(db: sqlite3.Connection) -> None:
 
 
 async def test_a_lost_transaction_fails_its_calls_and_the_rest_go_on(store: SqliteStore) -> None:
-    worker = store._conn()
-    gate = Gate(store)
+    batcher = store._conn()
     before = asyncio.create_task(store.set_kv("before", "1"))
-    await asyncio.sleep(0)
-    lost = worker.submit(_lose_the_transaction, write=True)
-    after = asyncio.create_task(store.set_kv("after", "1"))
-    await asyncio.sleep(0)
-    await gate.open()
+    await asyncio.sleep(0)  # its call is queued first
+    lost = batcher.submit(_lose_the_transaction, write=True)
+    after = batcher.submit(
+        lambda db: db.execute("INSERT INTO kv VALUES ('after', '1')"), write=True
+    )
     outcomes = await asyncio.gather(before, lost, after, return_exceptions=True)
     assert isinstance(outcomes[0], StoreError) and "disk I/O error" in str(outcomes[0])
     assert isinstance(outcomes[1], StoreError) and "disk I/O error" in str(outcomes[1])
-    assert outcomes[2] is None
+    assert not isinstance(outcomes[2], BaseException)
     assert await store.get_kv("before") is None
     assert await store.get_kv("after") == "1"
 
 
-async def test_a_locked_database_fails_writes_clearly_and_recovers(tmp_path: Path) -> None:
+async def test_a_locked_database_waits_without_blocking_then_fails_clearly(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "salon.db"
     async with SqliteStore(path) as db:
         await db.set_kv("k", "old")
-        await db._conn().submit(lambda c: c.execute("PRAGMA busy_timeout=0"), write=False)
+        db._conn().busy_timeout_s = 0.2
         other = sqlite3.connect(path, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            ticking = asyncio.create_task(tick())
             with pytest.raises(StoreError) as caught:
                 await db.set_kv("k", "new")
+            ticking.cancel()
+            assert ticks > 3, "the event loop kept running while the write waited"
             assert "locked" in str(caught.value) and str(path) in str(caught.value)
             assert "\n" not in str(caught.value)
             assert await db.get_kv("k") == "old"
@@ -670,49 +659,75 @@ async def test_a_locked_database_fails_writes_clearly_and_recovers(tmp_path: Pat
         assert await db.get_kv("k") == "new"
 
 
-async def test_a_fault_in_the_worker_fails_the_batch_instead_of_hanging(
+async def test_a_write_waits_for_a_lock_that_is_released_in_time(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    async with SqliteStore(path) as db:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            writing = asyncio.create_task(db.set_kv("k", "v"))
+            await asyncio.sleep(0.1)
+            assert not writing.done()
+            other.execute("ROLLBACK")
+            await writing
+        finally:
+            other.close()
+        assert await db.get_kv("k") == "v"
+
+
+async def test_a_fault_in_the_batcher_fails_the_batch_instead_of_hanging(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*_: object) -> list[object]:
-        raise RuntimeError("worker bug")
+        raise RuntimeError("batcher bug")
 
     with monkeypatch.context() as patched:
-        patched.setattr(sqlite_store._Worker, "_run_batch", broken)
-        with pytest.raises(StoreError, match="worker bug"):
+        patched.setattr(sqlite_batch.Batcher, "_run_batch", broken)
+        with pytest.raises(StoreError, match="batcher bug"):
             await store.set_kv("k", "v")
     await store.set_kv("k", "w")
     assert await store.get_kv("k") == "w"
 
 
-async def test_close_commits_what_is_queued_and_stops_the_thread(tmp_path: Path) -> None:
+async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
     path = tmp_path / "salon.db"
-    threads_before = len(sqlite_threads())
     db = SqliteStore(path)
     await db.open()
-    assert len(sqlite_threads()) == threads_before + 1
     pending = [asyncio.create_task(db.add_message(msg(f"m{i}"))) for i in range(50)]
     await asyncio.sleep(0)
     await db.close()
     assert all(task.done() and task.result().new for task in pending)
-    assert len(sqlite_threads()) == threads_before
     with pytest.raises(StoreError, match="not open"):
         await db.set_kv("k", "v")
     async with SqliteStore(path) as again:
         assert len(await again.recent(ROOM)) == 50
 
 
-async def test_a_cancelled_open_leaves_no_thread_and_can_be_retried(tmp_path: Path) -> None:
-    threads_before = sqlite_threads()
+async def test_a_growing_log_is_checkpointed_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_batch, "CHECKPOINT_PAGES", 8)
+    monkeypatch.setattr(sqlite_batch, "CHECK_EVERY", 1)
+    path = tmp_path / "salon.db"
+    before = checkpoint_threads()
+    async with SqliteStore(path) as db:
+        for i in range(200):
+            await db.add_message(msg(f"m{i}", "x" * 500))
+        helpers = [t for t in checkpoint_threads() if t not in before]
+        assert len(helpers) == 1
+        assert len(await db.recent(ROOM, limit=1000)) == 200
+    assert [t for t in checkpoint_threads() if t not in before] == []
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT COUNT(*) FROM messages").fetchone() == (200,)
+
+
+async def test_a_cancelled_open_can_be_retried(tmp_path: Path) -> None:
     db = SqliteStore(tmp_path / "salon.db")
     opening = asyncio.create_task(db.open())
     await asyncio.sleep(0)
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await opening
-    for thread in sqlite_threads():
-        if thread not in threads_before:
-            thread.join(10)
-    assert sqlite_threads() == threads_before
     with pytest.raises(StoreError, match="not open"):
         await db.get_kv("k")
     async with db:

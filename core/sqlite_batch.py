@@ -1,0 +1,287 @@
+"""Group commit on the event loop's thread: the calls of one loop iteration share one transaction.
+
+Store calls are small synchronous functions of the connection. The first call of an iteration
+schedules a drain at the end of it; the drain runs every call queued by then in one
+transaction and commits before any caller resumes, so a stored event survives a crash the
+moment its call returns. Running SQLite on the loop's own thread costs a few microseconds per
+statement but no thread hand-off: a worker thread would wait for the interpreter lock after
+every statement while the loop is busy, which made store round trips take milliseconds. The
+slow part of a WAL database, copying the log back into the file (with an fsync), runs on a
+helper thread with its own connection, so the loop never waits for the disk's sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from core.store import StoreError
+
+T = TypeVar("T")
+log = logging.getLogger("salon.store")
+
+Outcome = tuple[bool, Any]
+"""(succeeded, the call's result or the exception to raise in its caller)."""
+
+CHECKPOINT_PAGES = 1000  # copy the WAL back once it holds about this many pages (SQLite's default)
+CHECK_EVERY = 32  # commits between looks at the WAL's size
+BUSY_RETRY_S = 0.02  # another process holds the write lock: try again this much later
+
+
+def one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def not_open(path: str) -> StoreError:
+    return StoreError(f"the history database {path} is not open; call open() first")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One store call waiting for the drain; a write runs inside the batch's transaction."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    write: bool
+    future: asyncio.Future[Any]
+
+
+class _Busy(Exception):
+    """BEGIN found the database locked by another connection: the batch waits and retries."""
+
+
+class Batcher:
+    """Runs the calls queued during one loop iteration as one batch (one commit if any writes).
+
+    `busy_timeout_s` is how long writes wait, without blocking the loop, for another process
+    that holds the database's write lock before they fail.
+    """
+
+    def __init__(self, path: str, db: sqlite3.Connection, *, busy_timeout_s: float = 5.0) -> None:
+        self._path = path
+        self._db = db
+        self.busy_timeout_s = busy_timeout_s
+        self._pending: list[_Call] = []
+        self._scheduled = False
+        self._busy_since: float | None = None
+        self._closing = False
+        self._commits = 0
+        self._checkpointer = None if path == ":memory:" else _Checkpointer(path)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> asyncio.Future[T]:
+        """Queue `fn(connection)`; the future resolves once its batch is committed."""
+        if self._closing:
+            raise not_open(self._path)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Call(fn, write, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+        return future
+
+    def set_trace_callback(self, callback: Callable[[str], object] | None) -> asyncio.Future[None]:
+        """Trace every statement the connection runs (the benchmark counts them)."""
+        return self.submit(lambda db: db.set_trace_callback(callback), write=False)
+
+    async def close(self) -> None:
+        """Run and commit everything queued, stop the checkpointer, close the connection."""
+        self._closing = True
+        while self._scheduled or self._pending:
+            await asyncio.sleep(0 if self._busy_since is None else BUSY_RETRY_S)
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+        try:
+            await asyncio.to_thread(self._db.close)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: BaseException) -> StoreError:
+        return StoreError(one_line(f"history database {self._path}: {exc}"))
+
+    # -- the drain -------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        calls, self._pending = self._pending, []
+        if not calls:
+            return
+        try:
+            outcomes = self._run_guarded(calls)
+        except _Busy:
+            self._wait_for_lock(calls)
+            return
+        self._busy_since = None
+        for call, (ok, value) in zip(calls, outcomes, strict=True):
+            if call.future.done():  # the caller was cancelled; its write still happened
+                continue
+            if ok:
+                call.future.set_result(value)
+            else:
+                call.future.set_exception(value)
+        if any(call.write for call in calls):
+            self._committed()
+
+    def _wait_for_lock(self, calls: list[_Call]) -> None:
+        """Another connection writes: put the batch back and try again soon, or give up."""
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        if now - self._busy_since >= self.busy_timeout_s:
+            self._busy_since = None
+            error = self._error(sqlite3.OperationalError("database is locked"))
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(error)
+            return
+        self._pending[:0] = calls
+        self._scheduled = True
+        asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._drain)
+
+    def _committed(self) -> None:
+        self._commits += 1
+        if self._checkpointer is not None and self._commits % CHECK_EVERY == 0:
+            self._checkpointer.poke_if_large()
+
+    def _run_guarded(self, calls: list[_Call]) -> list[Outcome]:
+        """A fault outside the calls themselves fails the batch; no caller may wait forever."""
+        db = self._db
+        try:
+            return self._run_batch(calls)
+        except _Busy:
+            raise
+        except Exception as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            return [(False, self._error(exc))] * len(calls)
+
+    def _run_batch(self, calls: list[_Call]) -> list[Outcome]:
+        """Run the calls in order; the writes among them are committed together."""
+        if not any(call.write for call in calls):
+            return [self._attempt(call) for call in calls]
+        outcomes: list[Outcome] = []
+        dropped: dict[int, Outcome] = {}
+        while len(outcomes) < len(calls):
+            self._transaction(calls, outcomes, dropped)
+        return outcomes
+
+    def _attempt(self, call: _Call) -> Outcome:
+        try:
+            return True, call.fn(self._db)
+        except sqlite3.Error as exc:
+            return False, self._error(exc)
+        except Exception as exc:
+            return False, exc
+
+    def _begin(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                raise _Busy() from exc
+            raise
+
+    def _transaction(
+        self, calls: list[_Call], outcomes: list[Outcome], dropped: dict[int, Outcome]
+    ) -> None:
+        """Run calls from len(outcomes) on in one transaction, appending their outcomes.
+
+        A failing call undoes only itself: SQLite undoes a failed statement, and a call that
+        fails after it changed rows (rare: the store's own writes are one statement each) has
+        the transaction rolled back and run again without it (`dropped`), so the common case
+        pays for no savepoints. When the transaction itself is lost (BEGIN or COMMIT fails, or
+        SQLite rolls everything back after an I/O error) every call it ran fails, since none of
+        their writes is stored; a lost BEGIN fails all that is left.
+        """
+        db = self._db
+        first = len(outcomes)
+        begun = False
+        try:
+            self._begin()
+            begun = True
+            for index in range(first, len(calls)):
+                if index in dropped:
+                    outcomes.append(dropped[index])
+                    continue
+                outcomes.append((False, None))  # it counts as run: a failure from here fails it
+                changes = db.total_changes
+                ok, value = outcome = self._attempt(calls[index])
+                outcomes[-1] = outcome
+                if ok:
+                    continue
+                if not db.in_transaction:
+                    raise value
+                if db.total_changes != changes:
+                    db.execute("ROLLBACK")
+                    dropped[index] = outcome
+                    del outcomes[first:]
+                    return
+            db.execute("COMMIT")
+        except _Busy:
+            if first == 0:
+                raise  # nothing ran yet: the whole batch waits for the lock
+            error = self._error(sqlite3.OperationalError("database is locked"))
+            outcomes[first:] = [(False, error)] * (len(calls) - first)
+        except Exception as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            error = exc if isinstance(exc, StoreError) else self._error(exc)
+            ran = len(outcomes) if begun else len(calls)
+            outcomes[first:] = [(False, error)] * (ran - first)
+
+
+class _Checkpointer:
+    """A thread with its own connection that copies the WAL back into the database file."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wal = path + "-wal"
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def poke_if_large(self) -> None:
+        try:
+            size = os.stat(self._wal).st_size
+        except OSError:
+            return
+        if size < CHECKPOINT_PAGES * 4096:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name="salon-checkpoint", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("cannot open %s to checkpoint its log: %s", self._path, exc)
+            return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the writer goes on; the log just grows meanwhile
+                    log.debug("checkpoint of %s failed: %s", self._path, exc)
+        finally:
+            db.close()
