@@ -33,7 +33,8 @@ Outcome = tuple[bool, Any]
 
 CHECKPOINT_PAGES = 1000  # copy the WAL back once it holds about this many pages (SQLite's default)
 CHECK_EVERY = 32  # commits between looks at the WAL's size
-BUSY_RETRY_S = 0.02  # another process holds the write lock: try again this much later
+BUSY_RETRY_S = 0.002  # the write lock is held elsewhere: try again this much later
+CHECKPOINT_WAIT_MS = 2000  # how long the checkpointer waits for a writer to finish
 
 
 def one_line(text: str) -> str:
@@ -240,7 +241,12 @@ class Batcher:
 
 
 class _Checkpointer:
-    """A thread with its own connection that copies the WAL back into the database file."""
+    """A thread with its own connection that copies the WAL back into the database file.
+
+    A PASSIVE pass copies nearly everything while writes go on; a TRUNCATE pass then copies
+    the few frames left and empties the log, holding writers off only for that short moment
+    (under steady writes a PASSIVE pass alone never catches up, and the log would only grow).
+    """
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -270,6 +276,7 @@ class _Checkpointer:
     def _main(self) -> None:
         try:
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
         except sqlite3.Error as exc:
             log.warning("cannot open %s to checkpoint its log: %s", self._path, exc)
             return
@@ -281,6 +288,7 @@ class _Checkpointer:
                     return
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 except sqlite3.Error as exc:  # the writer goes on; the log just grows meanwhile
                     log.debug("checkpoint of %s failed: %s", self._path, exc)
         finally:
