@@ -22,6 +22,18 @@ from core.backends.base import (
     ModerationError,
 )
 from core.clock import Clock, RealClock, TimerHandle, VirtualClock
+from core.lines import (
+    ADDRESSED,
+    AUTHOR_ID,
+    AUTHOR_NAME,
+    CHARACTER,
+    IS_BOT,
+    MSG_ID,
+    SEQ,
+    TEXT,
+    Line,
+    line,
+)
 from core.models import estimated_cost, input_limit
 from core.policy import Candidate, Decision, Knobs, decide
 from core.rows import RowCache
@@ -181,10 +193,10 @@ class Engine:
                 await self.store.put_state(actor.channel, key, actor.states[key])
 
     # ----- recent messages (cached per channel; the store stays the source of truth) --------
-    async def _recent(self, actor: _Actor) -> list[StoredMessage]:
+    async def _recent(self, actor: _Actor) -> list[Line]:
         return await self._history(actor, 0, POLICY_WINDOW)
 
-    async def _history(self, actor: _Actor, after: int, limit: int) -> list[StoredMessage]:
+    async def _history(self, actor: _Actor, after: int, limit: int) -> list[Line]:
         """The newest `limit` messages after seq `after`, oldest first; from memory if held."""
         key = actor.channel.key
         cached = self._rows.lookup(key, after, limit)
@@ -196,7 +208,7 @@ class Engine:
         except BaseException:
             self._rows.cancel_load(key)
             raise
-        return self._rows.end_load(key, token, after, limit, loaded)
+        return self._rows.end_load(key, token, after, limit, [line(r) for r in loaded])
 
     def _channel_actor(self, channel: Channel) -> _Actor:
         actor = self._actors.get(channel.key)
@@ -207,7 +219,7 @@ class Engine:
     async def _store_message(self, actor: _Actor, message: Message) -> StoredMessage:
         result = await self.store.add_message(message)
         if result.new or result.newly_addressed:
-            self._rows.add(actor.channel.key, result.record)
+            self._rows.add(actor.channel.key, line(result.record))
         return result.record
 
     # ----- events ------------------------------------------------------------------------
@@ -382,13 +394,15 @@ class Engine:
             self._clock_waits -= 1
 
     # ----- decisions ----------------------------------------------------------------------
-    async def _candidate(self, actor: _Actor, key: str, recent: list[StoredMessage]) -> Candidate:
+    async def _candidate(self, actor: _Actor, key: str, recent: list[Line]) -> Candidate:
         ch = self.characters[key]
         state = await self._state(actor.channel, key, copy=False)
         blocked = await self._blocked(actor.channel, key, state, recent)
         handled = int(state.get("handled_seq", 0))
         answering = state.get("answering")
-        if answering is not None and any(m.character == key and m.seq > answering for m in recent):
+        if answering is not None and any(
+            m[CHARACTER] == key and m[SEQ] > answering for m in recent
+        ):
             # the reply was stored but a crash kept its state from being saved
             handled = max(handled, int(answering))
         return Candidate(
@@ -402,7 +416,7 @@ class Engine:
         )
 
     async def _blocked(
-        self, channel: Channel, key: str, state: dict[str, Any], recent: list[StoredMessage]
+        self, channel: Channel, key: str, state: dict[str, Any], recent: list[Line]
     ) -> str | None:
         """Hard limits: fatal backend error, mute, budget, channel and per-user rate limits."""
         if self.fatal is not None:
@@ -430,9 +444,9 @@ class Engine:
         if b.user_replies_per_minute > 0:
             handled = int(state.get("handled_seq", 0))
             authors = {
-                m.author_id
+                m[AUTHOR_ID]
                 for m in recent
-                if m.seq > handled and not m.author_is_bot and m.character is None
+                if m[SEQ] > handled and not m[IS_BOT] and m[CHARACTER] is None
             }
             over = {
                 a
@@ -450,7 +464,7 @@ class Engine:
             recent = await self._recent(actor)
             cands = [await self._candidate(actor, k, recent) for k in actor.present]
             behind = min((c.handled_seq for c in cands), default=0)
-            if recent and behind + 1 < recent[0].seq:
+            if recent and behind + 1 < recent[0][SEQ]:
                 # a backlog longer than the tail: look back far enough to see every mention
                 limit = max(POLICY_WINDOW, self.settings.salon.history_messages)
                 recent = await self._history(actor, behind, limit)
@@ -471,8 +485,8 @@ class Engine:
             # others may want to answer it, or still be waiting their turn after a failure
             self._kick(actor)
 
-    async def _record(self, actor: _Actor, decision: Decision, recent: list[StoredMessage]) -> None:
-        top = recent[-1].seq if recent else 0
+    async def _record(self, actor: _Actor, decision: Decision, recent: list[Line]) -> None:
+        top = recent[-1][SEQ] if recent else 0
         for key, why in decision.why.items():
             decisions_log.info("%s %s: %s", actor.channel.key, key, why)
             state = await self._state(actor.channel, key)
@@ -493,9 +507,9 @@ class Engine:
         rows = await self._history(actor, max(0, start - 1), limit + 1)
         if len(rows) > limit:
             rows = rows[-(limit // 2) :]
-            start = rows[0].seq
+            start = rows[0][SEQ]
         turns = [
-            P.Turn(r.seq, r.author_id, r.author_name, r.text, r.character == key, r.character)
+            P.Turn(r[SEQ], r[AUTHOR_ID], r[AUTHOR_NAME], r[TEXT], r[CHARACTER] == key, r[CHARACTER])
             for r in rows
         ]
         scale = float(state.get("token_scale", 1.0))
@@ -513,7 +527,7 @@ class Engine:
         actor: _Actor,
         key: str,
         mode: str,
-        recent: list[StoredMessage],
+        recent: list[Line],
         *,
         regen: bool = False,
     ) -> bool:
@@ -521,7 +535,7 @@ class Engine:
         channel = actor.channel
         state = await self._state(channel, key)
         meta = await self._state(channel, CHANNEL)
-        top = recent[-1].seq if recent else 0
+        top = recent[-1][SEQ] if recent else 0
         if regen:
             state["regen_count"] = int(state.get("regen_count", 0)) + 1
         state.pop("answering", None)
@@ -568,7 +582,11 @@ class Engine:
             speaker=ch.name,
         )
         addressed = next(
-            (m for m in recent if m.seq > int(state.get("handled_seq", 0)) and key in m.addressed),
+            (
+                m
+                for m in recent
+                if m[SEQ] > int(state.get("handled_seq", 0)) and key in m[ADDRESSED]
+            ),
             None,
         )
         state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
@@ -585,11 +603,11 @@ class Engine:
             return False
         state["candidates"] = texts[1:]
         reply_to = (
-            addressed.msg_id if addressed and mode == "reply" and not channel.direct else None
+            addressed[MSG_ID] if addressed and mode == "reply" and not channel.direct else None
         )
         posted = await self._post(actor, key, texts[0], reply_to=reply_to)
         now = self.clock.now()
-        trigger = addressed.author_id if addressed else (recent[-1].author_id if recent else "")
+        trigger = addressed[AUTHOR_ID] if addressed else (recent[-1][AUTHOR_ID] if recent else "")
         state["replies"] = [r for r in state.get("replies", []) if now - r[0] < 60.0] + [
             [now, trigger]
         ]
@@ -659,8 +677,8 @@ class Engine:
             )
         return texts
 
-    def _other_names(self, rows: list[StoredMessage], key: str) -> list[str]:
-        names = {r.author_name for r in rows if r.character != key}
+    def _other_names(self, rows: list[Line], key: str) -> list[str]:
+        names = {r[AUTHOR_NAME] for r in rows if r[CHARACTER] != key}
         names.update(c.name for k, c in self.characters.items() if k != key)
         return sorted(names)
 

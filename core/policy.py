@@ -7,8 +7,9 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
+from core.lines import ADDRESSED, AUTHOR_ID, CHARACTER, IS_BOT, SEQ, TEXT, Line
 from core.sanitize import canonical_name, name_key
 
 NAME_CHANCE = 0.85
@@ -16,36 +17,6 @@ PRESENCE_WINDOW = 10
 COOLDOWN_FACTOR = 0.5
 
 Mode = Literal["reply", "continue"]
-
-
-class Said(Protocol):
-    """What the policy reads of a message; the store's records qualify as they are (no copies)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def author_id(self) -> str: ...
-    @property
-    def character(self) -> str | None: ...
-    @property
-    def author_is_bot(self) -> bool: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def addressed(self) -> frozenset[str]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """A message as the policy sees it, for callers without a store record."""
-
-    seq: int
-    author_id: str
-    character: str | None
-    author_is_bot: bool
-    text: str
-    at: float
-    addressed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +71,17 @@ def _matchers(names: tuple[str, ...]) -> tuple[re.Pattern[str] | None, tuple[str
     return pattern, tuple(k for k in keys if any(ord(ch) >= 0x2E80 for ch in k))
 
 
-def _after(recent: Sequence[Said], seq: int) -> Sequence[Said]:
+def _after(recent: Sequence[Line], seq: int) -> Sequence[Line]:
     """The messages after `seq` (recent is in seq order and usually handled up to its end)."""
     i = len(recent)
-    while i > 0 and recent[i - 1].seq > seq:
+    while i > 0 and recent[i - 1][SEQ] > seq:
         i -= 1
     return recent[i:]
 
 
-def _loop_guard(recent: Sequence[Said], limit: int) -> bool:
+def _loop_guard(recent: Sequence[Line], limit: int) -> bool:
     tail = recent[-limit:] if limit > 0 else []
-    return limit > 0 and len(tail) == limit and all(m.author_is_bot or m.character for m in tail)
+    return limit > 0 and len(tail) == limit and all(m[IS_BOT] or m[CHARACTER] for m in tail)
 
 
 def _continuation_due(c: Candidate) -> float:
@@ -119,7 +90,7 @@ def _continuation_due(c: Candidate) -> float:
 
 
 def decide(
-    recent: Sequence[Said],
+    recent: Sequence[Line],
     candidates: Sequence[Candidate],
     *,
     direct: bool,
@@ -139,15 +110,15 @@ def decide(
     looping = _loop_guard(recent, loop_limit)
     last = recent[-1] if recent else None
     for c in sorted(candidates, key=lambda c: c.key):
-        pending = [m for m in _after(recent, c.handled_seq) if m.character != c.key]
+        pending = [m for m in _after(recent, c.handled_seq) if m[CHARACTER] != c.key]
         if c.blocked:
             why[c.key] = f"silent: {c.blocked}"
             handled.add(c.key)
             continue
         if not pending:
-            if last is not None and last.character == c.key and c.last_spoke_at is not None:
+            if last is not None and last[CHARACTER] == c.key and c.last_spoke_at is not None:
                 k = c.knobs
-                if looping and len({m.author_id for m in recent[-loop_limit:]}) > 1:
+                if looping and len({m[AUTHOR_ID] for m in recent[-loop_limit:]}) > 1:
                     why[c.key] = "silent: bots were talking among themselves (loop guard)"
                 elif k.max_continuations <= c.continuations:
                     why[c.key] = f"silent: already continued {c.continuations} time(s) unanswered"
@@ -171,14 +142,14 @@ def decide(
             why[c.key] = f"silent: the last {loop_limit} messages were all by bots (loop guard)"
             handled.add(c.key)
             continue
-        first_addr = next((m for m in pending if c.key in m.addressed), None)
+        first_addr = next((m for m in pending if c.key in m[ADDRESSED]), None)
         if direct or first_addr is not None:
             what = "direct chat" if direct and first_addr is None else "addressed"
-            ranked.append((0, first_addr.seq if first_addr else pending[0].seq, c.key))
+            ranked.append((0, first_addr[SEQ] if first_addr else pending[0][SEQ], c.key))
             why[c.key] = f"speak: {what}"
             continue
         handled.add(c.key)
-        if any(names_in(m.text, c.names) for m in pending):
+        if any(names_in(m[TEXT], c.names) for m in pending):
             roll = rng.random()
             if roll < NAME_CHANCE:
                 ranked.append((1, roll, c.key))
@@ -207,13 +178,13 @@ def decide(
     return Decision(speaker, mode, why[speaker], frozenset(handled), why, None)
 
 
-def _chatter_chance(recent: Sequence[Said], c: Candidate, now: float) -> float:
+def _chatter_chance(recent: Sequence[Line], c: Candidate, now: float) -> float:
     """Talkativeness, damped by how much of the recent talk is already ours and by cooldown."""
     t = c.knobs.talkativeness
     if t >= 1.0:
         return 1.0
     window = recent[-PRESENCE_WINDOW:]
-    presence = sum(1 for m in window if m.character == c.key) / max(1, len(window))
+    presence = sum(1 for m in window if m[CHARACTER] == c.key) / max(1, len(window))
     p = t * (1.0 - presence)
     if c.last_spoke_at is not None and now - c.last_spoke_at < c.knobs.cooldown_s:
         p *= COOLDOWN_FACTOR

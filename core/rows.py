@@ -11,23 +11,23 @@ import bisect
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from core.store import StoredMessage
+from core.lines import AUTHOR_NAME, SEQ, TEXT, Line
 
-ROW_OVERHEAD = 320  # bytes a cached record costs besides its text (object, strings, list slot)
+ROW_OVERHEAD = 300  # bytes a cached line costs besides its text (tuple, strings, list slot)
 
 
-def weight(row: StoredMessage) -> int:
-    """An estimate of the memory one cached record holds."""
-    return ROW_OVERHEAD + len(row.text) + len(row.author_name)
+def weight(row: Line) -> int:
+    """An estimate of the memory one cached line holds."""
+    return ROW_OVERHEAD + len(row[TEXT]) + len(row[AUTHOR_NAME])
 
 
 @dataclass
 class _Entry:
-    rows: list[StoredMessage] | None = None
+    rows: list[Line] | None = None
     after: int = 0  # rows holds every stored, non-deleted message with seq > after
     weight: int = 0
     loads: int = 0
-    pending: list[StoredMessage] = field(default_factory=list)  # stored while loads > 0
+    pending: list[Line] = field(default_factory=list)  # stored while loads > 0
     epoch: int = 0  # bumped by invalidate; a load that started before is not kept
 
 
@@ -43,7 +43,7 @@ class RowCache:
     def __len__(self) -> int:
         return sum(1 for e in self._entries.values() if e.rows is not None)
 
-    def lookup(self, key: str, after: int, limit: int) -> list[StoredMessage] | None:
+    def lookup(self, key: str, after: int, limit: int) -> list[Line] | None:
         """The newest `limit` rows with seq > after, oldest first, if memory has all of them."""
         entry = self._entries.get(key)
         if entry is None or entry.rows is None or limit <= 0:
@@ -52,7 +52,7 @@ class RowCache:
         rows = entry.rows
         if entry.after <= after:
             first = max(0, len(rows) - limit)
-            if rows and rows[first].seq > after:
+            if rows and rows[first][SEQ] > after:
                 return rows[first:]
             return rows[bisect.bisect_right(rows, after, key=_seq) :]
         if len(rows) >= limit:
@@ -68,8 +68,8 @@ class RowCache:
         return entry.epoch
 
     def end_load(
-        self, key: str, token: int, after: int, limit: int, loaded: list[StoredMessage]
-    ) -> list[StoredMessage]:
+        self, key: str, token: int, after: int, limit: int, loaded: list[Line]
+    ) -> list[Line]:
         """`loaded` (the store's newest `limit` rows above `after`) plus what was stored meanwhile.
 
         The result is kept when it covers more than memory held and nothing was edited or
@@ -84,7 +84,7 @@ class RowCache:
             entry.loads = 0
             entry.pending = []
         merged = _merge(loaded, pending, after)
-        complete_after = after if len(loaded) < limit else loaded[0].seq - 1
+        complete_after = after if len(loaded) < limit else loaded[0][SEQ] - 1
         if token == entry.epoch and (entry.rows is None or complete_after <= entry.after):
             self._replace(key, entry, list(merged), complete_after)
         elif entry.rows is None and entry.loads == 0:
@@ -102,7 +102,7 @@ class RowCache:
             if entry.rows is None:
                 del self._entries[key]
 
-    def add(self, key: str, record: StoredMessage) -> None:
+    def add(self, key: str, record: Line) -> None:
         """A record was stored (new, or a redelivery that added addressees): keep memory current."""
         entry = self._entries.get(key)
         if entry is None:
@@ -110,16 +110,16 @@ class RowCache:
         if entry.loads:
             entry.pending.append(record)
         rows = entry.rows
-        if rows is None or record.seq <= entry.after:
+        if rows is None or record[SEQ] <= entry.after:
             return
         self._entries.move_to_end(key)
         for i in range(len(rows) - 1, -1, -1):
-            if rows[i].seq == record.seq:
+            if rows[i][SEQ] == record[SEQ]:
                 entry.weight += weight(record) - weight(rows[i])
                 self.weight += weight(record) - weight(rows[i])
                 rows[i] = record
                 return
-            if rows[i].seq < record.seq:
+            if rows[i][SEQ] < record[SEQ]:
                 rows.insert(i + 1, record)
                 break
         else:
@@ -141,7 +141,7 @@ class RowCache:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _replace(self, key: str, entry: _Entry, rows: list[StoredMessage], after: int) -> None:
+    def _replace(self, key: str, entry: _Entry, rows: list[Line], after: int) -> None:
         self._drop(entry)
         entry.rows = rows
         entry.after = after
@@ -163,7 +163,7 @@ class RowCache:
         cut = len(rows) - self.per_channel
         gone = sum(weight(r) for r in rows[:cut])
         del rows[:cut]
-        entry.after = rows[0].seq - 1
+        entry.after = rows[0][SEQ] - 1
         entry.weight -= gone
         self.weight -= gone
 
@@ -186,19 +186,17 @@ class RowCache:
                 self._entries.move_to_end(key)
 
 
-def _seq(row: StoredMessage) -> int:
-    return row.seq
+def _seq(row: Line) -> int:
+    return row[SEQ]
 
 
-def _merge(
-    loaded: list[StoredMessage], pending: list[StoredMessage], after: int
-) -> list[StoredMessage]:
+def _merge(loaded: list[Line], pending: list[Line], after: int) -> list[Line]:
     """Loaded rows updated and extended by records stored during the read, in seq order."""
     if not pending:
         return loaded
-    by_seq = {r.seq: r for r in loaded}
-    floor = loaded[0].seq if loaded else after + 1
+    by_seq = {r[SEQ]: r for r in loaded}
+    floor = loaded[0][SEQ] if loaded else after + 1
     for record in pending:
-        if record.seq >= floor:
-            by_seq[record.seq] = record
+        if record[SEQ] >= floor:
+            by_seq[record[SEQ]] = record
     return [by_seq[seq] for seq in sorted(by_seq)]

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import random
 
-from core.policy import Candidate, Knobs, Seen, decide, names_in
+from core.lines import Line, make_line
+from core.policy import Candidate, Knobs, decide, names_in
 
 NOW = 1000.0
 
 
 def human(
     seq: int, text: str = "hi", addressed: frozenset[str] = frozenset(), who: str = "h1"
-) -> Seen:
-    return Seen(seq, who, None, False, text, NOW - 10 + seq * 0.1, addressed)
+) -> Line:
+    return make_line(seq, who, None, False, text, addressed)
 
 
-def own(seq: int, key: str = "lu", at: float = NOW - 5) -> Seen:
-    return Seen(seq, f"salon:{key}", key, True, "...", at)
+def own(seq: int, key: str = "lu") -> Line:
+    return make_line(seq, f"salon:{key}", key, True, "...")
 
 
 def cand(key: str = "lu", t: float = 0.2, **kw: object) -> Candidate:
@@ -25,7 +26,7 @@ def cand(key: str = "lu", t: float = 0.2, **kw: object) -> Candidate:
 
 
 def run(
-    recent: list[Seen],
+    recent: list[Line],
     cands: list[Candidate],
     seed: int = 1,
     direct: bool = False,
@@ -75,14 +76,14 @@ def test_muted_and_limited_never_speak_even_when_addressed() -> None:
 
 
 def test_bot_loop_guard() -> None:
-    bots = [Seen(i, f"b{i % 2}", None, True, "hey lu", NOW, frozenset({"lu"})) for i in range(1, 4)]
+    bots = [make_line(i, f"b{i % 2}", None, True, "hey lu", frozenset({"lu"})) for i in range(1, 4)]
     d = run(bots, [cand(t=1.0)])
     assert d.speaker is None and "loop" in d.why["lu"]
     assert run([*bots, human(4)], [cand(t=1.0)]).speaker == "lu"
 
 
 def test_continuation_waits_then_speaks_with_backoff() -> None:
-    recent = [human(1), own(2, at=NOW)]
+    recent = [human(1), own(2)]
     c = cand(t=0.2, handled_seq=2, last_spoke_at=NOW)
     early = run(recent, [c], now=NOW + 10)
     assert early.speaker is None and early.wake_at == NOW + 90
@@ -95,7 +96,7 @@ def test_continuation_waits_then_speaks_with_backoff() -> None:
 
 
 def test_no_continuation_once_someone_answered() -> None:
-    recent = [own(1, at=NOW), human(2)]
+    recent = [own(1), human(2)]
     c = cand(t=0.0, handled_seq=2, last_spoke_at=NOW)
     d = run(recent, [c], now=NOW + 1000)
     assert d.speaker is None and d.wake_at is None
