@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -118,6 +118,10 @@ class MemoryStore:
 
     async def put_state(self, channel: Channel, character: str, state: Mapping[str, Any]) -> None:
         self._state[(channel.platform, channel.id, character)] = copy.deepcopy(dict(state))
+
+    async def put_states(self, states: Sequence[tuple[Channel, str, Mapping[str, Any]]]) -> None:
+        for channel, character, state in states:
+            await self.put_state(channel, character, state)
 
     async def add_usage(
         self,

@@ -187,10 +187,12 @@ class Engine:
     async def flush_state(self) -> None:
         """Write every deferred state (also at shutdown)."""
         dirty, self._dirty = self._dirty, set()
+        states = []
         for channel_key, key in sorted(dirty):
             actor = self._actors.get(channel_key)
             if actor is not None and key in actor.states:
-                await self.store.put_state(actor.channel, key, actor.states[key])
+                states.append((actor.channel, key, actor.states[key]))
+        await self.store.put_states(states)
 
     # ----- recent messages (cached per channel; the store stays the source of truth) --------
     async def _recent(self, actor: _Actor) -> list[Line]:

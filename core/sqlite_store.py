@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -79,6 +79,10 @@ _COLUMNS = (
 )
 _SELECT = f"SELECT {_COLUMNS} FROM messages"
 _BY_KEY = " WHERE platform = ? AND channel_id = ? AND msg_id = ?"
+_PUT_STATE = (
+    "INSERT INTO channel_state (platform, channel_id, character, state) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (platform, channel_id, character) DO UPDATE SET state = excluded.state"
+)
 
 
 def _storable(text: str) -> str:
@@ -462,18 +466,24 @@ class SqliteStore:
         return await self._read(run)
 
     async def put_state(self, channel: Channel, character: str, state: Mapping[str, Any]) -> None:
-        encoded = json.dumps(dict(state), ensure_ascii=False, allow_nan=False)
-        params = (channel.platform, channel.id, character, encoded)
+        await self.put_states([(channel, character, state)])
+
+    async def put_states(self, states: Sequence[tuple[Channel, str, Mapping[str, Any]]]) -> None:
+        rows = [
+            (
+                channel.platform,
+                channel.id,
+                character,
+                json.dumps(dict(state), ensure_ascii=False, allow_nan=False),
+            )
+            for channel, character, state in states
+        ]
 
         def run(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO channel_state (platform, channel_id, character, state) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (platform, channel_id, character) "
-                "DO UPDATE SET state = excluded.state",
-                params,
-            )
+            db.executemany(_PUT_STATE, rows)
 
-        await self._write(run)
+        if rows:
+            await self._write(run)
 
     # -- usage ---------------------------------------------------------------------------------
 

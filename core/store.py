@@ -6,7 +6,7 @@ behind the same Protocol when several processes share one history.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -105,6 +105,10 @@ class Store(Protocol):
 
     async def put_state(self, channel: Channel, character: str, state: Mapping[str, Any]) -> None:
         """Replace the character's state in the channel with a JSON-serialisable mapping."""
+        ...
+
+    async def put_states(self, states: Sequence[tuple[Channel, str, Mapping[str, Any]]]) -> None:
+        """`put_state` for many (channel, character) pairs at once, as one atomic write."""
         ...
 
     async def add_usage(

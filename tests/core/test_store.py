@@ -216,6 +216,21 @@ async def test_state_round_trip_per_channel_and_character(store: SqliteStore) ->
     assert await store.get_state(ROOM, "ling_lu") == {"muted": False}
 
 
+async def test_many_states_are_written_in_one_commit(store: SqliteStore) -> None:
+    statements = await traced(store)
+    statements.clear()
+    await store.put_states(
+        [(ROOM, "ling_lu", {"n": 1}), (OTHER, "ling_lu", {"n": 2}), (ROOM, "jiang_rang", {})]
+    )
+    assert statements.count("COMMIT") == 1
+    assert await store.get_state(ROOM, "ling_lu") == {"n": 1}
+    assert await store.get_state(OTHER, "ling_lu") == {"n": 2}
+    await store.put_states([])
+    with pytest.raises(TypeError):
+        await store.put_states([(ROOM, "ling_lu", {"n": 3}), (OTHER, "ling_lu", {"x": object()})])
+    assert await store.get_state(ROOM, "ling_lu") == {"n": 1}, "all or nothing"
+
+
 async def test_usage_sums_over_the_filters_given(store: SqliteStore) -> None:
     assert await store.usage() == Usage()
     await store.add_usage(
