@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.memstore import MemoryStore
-from bench.pipeline import Harness, Phase, PipelineSize, workload
+from bench.pipeline import Harness, Phase, PipelineSize, split_lanes, workload
 from core.types import Message
 
 STORE_METHODS = (
@@ -44,7 +44,9 @@ async def _on_memory_store(
     harness = Harness(root / "dict", seed, store=MemoryStore())
     await harness.open()
     try:
-        return await harness.flat_out(messages, size.concurrency, time.perf_counter() + 3600)
+        return await harness.flat_out(
+            split_lanes(messages, size.concurrency), time.perf_counter() + 3600
+        )
     finally:
         await harness.close()
 
@@ -66,7 +68,9 @@ async def diagnose(size: PipelineSize, *, seed: int = 1, workdir: Path | None = 
         profile = cProfile.Profile()
         try:
             profile.enable()
-            phase = await harness.flat_out(messages, size.concurrency, time.perf_counter() + 3600)
+            phase = await harness.flat_out(
+                split_lanes(messages, size.concurrency), time.perf_counter() + 3600
+            )
             profile.disable()
         finally:
             await harness.close()

@@ -48,13 +48,13 @@ def _groups(channels: int, per_channel: int) -> list[list[Message]]:
 async def _engine_child(
     root: Path, channels: int, per_channel: int, budget_s: float
 ) -> dict[str, float]:
-    from bench.pipeline import Harness, workload
+    from bench.pipeline import Harness, split_lanes, workload
 
     harness = Harness(root, seed=3)
     engine = await harness.open()
     try:
         warm = workload(warmup_channels(channels), range(per_channel), 0.1, 3, prefix="w")
-        await harness.flat_out(warm, 16, time.perf_counter() + 3600)
+        await harness.flat_out(split_lanes(warm, 16), time.perf_counter() + 3600)
         groups = _groups(channels, per_channel)
         gc.collect()
         before = rss_bytes()
@@ -64,7 +64,7 @@ async def _engine_child(
         for group in groups:
             if time.perf_counter() >= deadline:
                 break
-            phase = await harness.flat_out(group, 16, math.inf)
+            phase = await harness.flat_out(split_lanes(group, 16), math.inf)
             done += len({m.channel.id for m in group})
             messages += phase.messages
             replies += phase.replies

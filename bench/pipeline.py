@@ -48,6 +48,8 @@ TARGET_P99_MS = 10.0
 FLOOR_BATCH = 1_000
 FLOOR_TRANSACTION_ROWS = 20_000
 PACED_SHARE = 0.5
+SETTLE_S = 1.0
+PACED_MAX_RATE = TARGET_RATE  # the paced messages are built before timing, for at most this rate
 BEHAVIOR: dict[str, float | int] = {
     "talkativeness": 0.0,
     "debounce_s": 0.0,
@@ -91,6 +93,14 @@ class Phase:
     @property
     def rate(self) -> float:
         return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+def split_lanes(messages: Sequence[Message], concurrency: int) -> list[list[Message]]:
+    """Messages per delivery lane; a channel always goes through the same lane (order kept)."""
+    lanes: list[list[Message]] = [[] for _ in range(max(1, concurrency))]
+    for message in messages:
+        lanes[int(message.channel.id[1:]) % len(lanes)].append(message)
+    return lanes
 
 
 def workload(
@@ -193,42 +203,42 @@ class Harness:
         self.arrivals.clear()
         return self.sender.sent, self.statements
 
-    async def flat_out(
-        self, messages: Sequence[Message], concurrency: int, deadline: float
-    ) -> Phase:
-        """Push as fast as the engine takes them, `concurrency` deliveries in flight."""
+    async def flat_out(self, lanes: Sequence[Sequence[Message]], deadline: float) -> Phase:
+        """Push as fast as the engine takes them, one delivery in flight per lane."""
         assert self.engine is not None
         sent0, statements0 = self._mark()
-        lanes: list[list[Message]] = [[] for _ in range(max(1, concurrency))]
-        for message in messages:
-            lanes[int(message.channel.id[1:]) % len(lanes)].append(message)
-        pushed = self.pushed = []
+        done = [0] * len(lanes)
 
-        async def lane(items: Sequence[Message]) -> None:
+        async def lane(index: int, items: Sequence[Message]) -> None:
             for message in items:
                 if time.perf_counter() >= deadline:
                     return
-                pushed.append(message)
                 await self.deliver(message, time.perf_counter())
+                done[index] += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(lane(items) for items in lanes))
+        await asyncio.gather(*(lane(i, items) for i, items in enumerate(lanes)))
         await self.engine.flush()
-        return self._phase(pushed, time.perf_counter() - started, sent0, statements0)
+        seconds = time.perf_counter() - started
+        self.pushed = [m for items, n in zip(lanes, done, strict=True) for m in items[:n]]
+        return self._phase(self.pushed, seconds, sent0, statements0)
 
     async def paced(self, messages: Sequence[Message], rate: float) -> Phase:
         """Open loop: message i arrives at start + i / rate whether or not the engine kept up."""
         assert self.engine is not None
         sent0, statements0 = self._mark()
-        tasks: list[asyncio.Task[None]] = []
+        running: set[asyncio.Task[None]] = set()  # done ones leave at once, as a gateway's would
         started = time.perf_counter()
         for index, message in enumerate(messages):
             due = started + index / rate
             wait = due - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
-            tasks.append(asyncio.ensure_future(self.deliver(message, due)))
-        await asyncio.gather(*tasks)
+            task = asyncio.ensure_future(self.deliver(message, due))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        while running:
+            await asyncio.gather(*running)
         await self.engine.flush()
         return self._phase(messages, time.perf_counter() - started, sent0, statements0)
 
@@ -322,18 +332,21 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
         root = Path(tmp)
         harness = Harness(root / "engine", seed)
         await harness.open()
-        main = workload(size.channels, range(size.per_channel), size.addressed_share, seed)
+        lanes = split_lanes(
+            workload(size.channels, range(size.per_channel), size.addressed_share, seed),
+            size.concurrency,
+        )
+        most = int(PACED_MAX_RATE * size.paced_s) + 1
+        rounds = range(size.per_channel, size.per_channel + -(-most // size.channels))
+        extra = workload(size.channels, rounds, size.addressed_share, seed)[:most]
         try:
             with frozen_workload():
-                flat = await harness.flat_out(
-                    main, size.concurrency, time.perf_counter() + size.budget_s
-                )
+                flat = await harness.flat_out(lanes, time.perf_counter() + size.budget_s)
                 flat_pushed = harness.pushed
-                rate = PACED_SHARE * flat.rate
+                await asyncio.sleep(SETTLE_S)  # a pause after the burst, as traffic has
+                rate = min(PACED_SHARE * flat.rate, PACED_MAX_RATE)
                 count = max(1, int(rate * size.paced_s))
-                rounds = range(size.per_channel, size.per_channel + -(-count // size.channels))
-                extra = workload(size.channels, rounds, size.addressed_share, seed)[:count]
-                paced = await harness.paced(extra, rate)
+                paced = await harness.paced(extra[:count], rate)
         finally:
             await harness.close()
         stored = sorted(flat_pushed, key=lambda m: (int(m.id[1:]), int(m.channel.id[1:])))

@@ -60,6 +60,7 @@ decisions_log = logging.getLogger("salon.decision")
 POLICY_WINDOW = 40
 TYPING_EVERY_S = 4.0
 FLUSH_EVERY_S = 1.0
+FLUSH_SLICE = 64
 CHANNEL = ""  # state key for channel-wide state (notes, direct flag)
 COMMANDS = ("reset", "regen", "why", "stats", "mute", "unmute", "help")
 HELP = (
@@ -182,17 +183,26 @@ class Engine:
 
     def _spawn_flush(self) -> None:
         if self._dirty:
-            self._spawn(self.flush_state())
+            self._spawn(self.flush_state(spread_s=FLUSH_EVERY_S / 2))
 
-    async def flush_state(self) -> None:
-        """Write every deferred state (also at shutdown)."""
+    async def flush_state(self, *, spread_s: float = 0.0) -> None:
+        """Write every deferred state (also at shutdown), spread over `spread_s` seconds.
+
+        Spreading keeps a thousand busy channels' states from taking the loop for one long
+        stretch, which every message arriving meanwhile would wait behind.
+        """
         dirty, self._dirty = self._dirty, set()
         states = []
         for channel_key, key in sorted(dirty):
             actor = self._actors.get(channel_key)
             if actor is not None and key in actor.states:
                 states.append((actor.channel, key, actor.states[key]))
-        await self.store.put_states(states)
+        slices = range(0, len(states), FLUSH_SLICE)
+        gap = spread_s / len(slices) if len(slices) > 1 else 0.0
+        for i in slices:
+            if i and gap > 0:
+                await asyncio.sleep(gap)
+            await self.store.put_states(states[i : i + FLUSH_SLICE])
 
     # ----- recent messages (cached per channel; the store stays the source of truth) --------
     async def _recent(self, actor: _Actor) -> list[Line]:

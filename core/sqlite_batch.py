@@ -31,7 +31,10 @@ log = logging.getLogger("salon.store")
 Outcome = tuple[bool, Any]
 """(succeeded, the call's result or the exception to raise in its caller)."""
 
-CHECKPOINT_PAGES = 1000  # copy the WAL back once it holds about this many pages (SQLite's default)
+CHECKPOINT_BYTES = 4 << 20  # copy the WAL back once the log file is this big (SQLite's default)
+TRUNCATE_BYTES = 128 << 20  # past this, also empty the log, holding writers off for that moment
+JOURNAL_LIMIT = 1 << 20  # a log that starts over is cut back to this size
+QUIET_S = 0.25  # no commit for this long: a good moment to copy the whole log back
 CHECK_EVERY = 32  # commits between looks at the WAL's size
 BUSY_RETRY_S = 0.002  # the write lock is held elsewhere: try again this much later
 CHECKPOINT_WAIT_MS = 2000  # how long the checkpointer waits for a writer to finish
@@ -74,6 +77,8 @@ class Batcher:
         self._busy_since: float | None = None
         self._closing = False
         self._commits = 0
+        self._last_commit = 0.0
+        self._quiet: asyncio.TimerHandle | None = None
         self._checkpointer = None if path == ":memory:" else _Checkpointer(path)
 
     def submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> asyncio.Future[T]:
@@ -95,6 +100,8 @@ class Batcher:
     async def close(self) -> None:
         """Run and commit everything queued, stop the checkpointer, close the connection."""
         self._closing = True
+        if self._quiet is not None:
+            self._quiet.cancel()
         while self._scheduled or self._pending:
             await asyncio.sleep(0 if self._busy_since is None else BUSY_RETRY_S)
         if self._checkpointer is not None:
@@ -148,8 +155,24 @@ class Batcher:
 
     def _committed(self) -> None:
         self._commits += 1
-        if self._checkpointer is not None and self._commits % CHECK_EVERY == 0:
+        if self._checkpointer is None:
+            return
+        if self._commits % CHECK_EVERY == 0:
             self._checkpointer.poke_if_large()
+        self._last_commit = time.monotonic()
+        if self._quiet is None:
+            self._quiet = asyncio.get_running_loop().call_later(QUIET_S, self._when_quiet)
+
+    def _when_quiet(self) -> None:
+        """Traffic paused: a pass now can copy the whole log, and the log then starts over."""
+        self._quiet = None
+        if self._checkpointer is None or self._closing:
+            return
+        left = self._last_commit + QUIET_S - time.monotonic()
+        if left > 0:
+            self._quiet = asyncio.get_running_loop().call_later(left, self._when_quiet)
+        else:
+            self._checkpointer.poke_if_large(minimum=JOURNAL_LIMIT)
 
     def _run_guarded(self, calls: list[_Call]) -> list[Outcome]:
         """A fault outside the calls themselves fails the batch; no caller may wait forever."""
@@ -243,9 +266,10 @@ class Batcher:
 class _Checkpointer:
     """A thread with its own connection that copies the WAL back into the database file.
 
-    A PASSIVE pass copies nearly everything while writes go on; a TRUNCATE pass then copies
-    the few frames left and empties the log, holding writers off only for that short moment
-    (under steady writes a PASSIVE pass alone never catches up, and the log would only grow).
+    A PASSIVE pass never holds writers up; once a pass catches up between two commits (any
+    pause in the traffic as long as one pass), SQLite starts the log over. Only a log that
+    grew past TRUNCATE_BYTES under traffic without such a pause is emptied by a TRUNCATE
+    pass, which holds writers off (they wait without blocking the loop) for one sync.
     """
 
     def __init__(self, path: str) -> None:
@@ -255,12 +279,12 @@ class _Checkpointer:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def poke_if_large(self) -> None:
+    def poke_if_large(self, minimum: int | None = None) -> None:
         try:
             size = os.stat(self._wal).st_size
         except OSError:
             return
-        if size < CHECKPOINT_PAGES * 4096:
+        if size <= (CHECKPOINT_BYTES if minimum is None else minimum):
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name="salon-checkpoint", daemon=True)
@@ -277,6 +301,7 @@ class _Checkpointer:
         try:
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            page = int(db.execute("PRAGMA page_size").fetchone()[0])
         except sqlite3.Error as exc:
             log.warning("cannot open %s to checkpoint its log: %s", self._path, exc)
             return
@@ -287,8 +312,9 @@ class _Checkpointer:
                 if self._stopping:
                     return
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    row = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if row is not None and row[1] * page >= TRUNCATE_BYTES:  # (busy, log, copied)
+                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 except sqlite3.Error as exc:  # the writer goes on; the log just grows meanwhile
                     log.debug("checkpoint of %s failed: %s", self._path, exc)
         finally:

@@ -721,7 +721,7 @@ async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
 async def test_a_growing_log_is_checkpointed_off_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_batch, "CHECKPOINT_PAGES", 8)
+    monkeypatch.setattr(sqlite_batch, "CHECKPOINT_BYTES", 8 << 10)
     monkeypatch.setattr(sqlite_batch, "CHECK_EVERY", 1)
     path = tmp_path / "salon.db"
     before = checkpoint_threads()
@@ -734,6 +734,24 @@ async def test_a_growing_log_is_checkpointed_off_the_loop(
     assert [t for t in checkpoint_threads() if t not in before] == []
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT COUNT(*) FROM messages").fetchone() == (200,)
+
+
+async def test_a_pause_in_traffic_checkpoints_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under steady writes a checkpoint never catches up; a quiet moment is when it can."""
+    monkeypatch.setattr(sqlite_batch, "JOURNAL_LIMIT", 4 << 10)
+    monkeypatch.setattr(sqlite_batch, "QUIET_S", 0.02)
+    before = checkpoint_threads()
+    async with SqliteStore(tmp_path / "salon.db") as db:
+        for i in range(20):
+            await db.add_message(msg(f"m{i}", "x" * 500))
+        assert [t for t in checkpoint_threads() if t not in before] == [], "no poke under 4 MB"
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if [t for t in checkpoint_threads() if t not in before]:
+                break
+        assert len([t for t in checkpoint_threads() if t not in before]) == 1
 
 
 async def test_a_cancelled_open_can_be_retried(tmp_path: Path) -> None:
