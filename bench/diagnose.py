@@ -101,7 +101,7 @@ async def diagnose(size: PipelineSize, *, seed: int = 1, workdir: Path | None = 
         if "poll" in func and "epoll" in func
     )
     lines.append(
-        f"  event loop idle in epoll (waiting for the SQLite thread): "
+        f"  event loop idle in epoll (nothing ready to run): "
         f"{waiting / total:.0%} of profiled own time"
     )
     text = io.StringIO()

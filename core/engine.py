@@ -177,6 +177,10 @@ class Engine:
             self._dirty.discard((channel.key, key))
             await self.store.put_state(channel, key, state)
             return
+        self._defer(channel, key)
+
+    def _defer(self, channel: Channel, key: str) -> None:
+        """The cached state changed: write it with the next flush."""
         if not self._dirty:
             asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self._spawn_flush)
         self._dirty.add((channel.key, key))
@@ -501,12 +505,14 @@ class Engine:
         top = recent[-1][SEQ] if recent else 0
         for key, why in decision.why.items():
             decisions_log.info("%s %s: %s", actor.channel.key, key, why)
-            state = await self._state(actor.channel, key)
+            # changed in place (a busy channel would otherwise leave a dict per message for
+            # the collector); the speaker's state is written with its "answering" mark before
+            # the model is asked
+            state = await self._state(actor.channel, key, copy=False)
             state["last_why"] = why
             if key in decision.handled and key != decision.speaker:
                 state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
-            # the speaker's state is written with its "answering" mark before the model is asked
-            await self._save(actor.channel, key, state, durable=False)
+            self._defer(actor.channel, key)
 
     # ----- generation ---------------------------------------------------------------------
     async def _transcript(

@@ -1,5 +1,6 @@
 """The SQLite history store: dedup, edits, deletes, windows, state, usage, migrations, bad paths,
-and its worker thread: group commit, per-call rollback, lost transactions, close, kill -9."""
+and its batcher: group commit per loop iteration, per-call rollback, lost transactions, locks,
+checkpoints, close, kill -9."""
 
 from __future__ import annotations
 
