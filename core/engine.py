@@ -31,6 +31,7 @@ from core.lines import (
     MSG_ID,
     SEQ,
     TEXT,
+    TOKENS,
     Line,
     line,
 )
@@ -526,19 +527,17 @@ class Engine:
         if len(rows) > limit:
             rows = rows[-(limit // 2) :]
             start = rows[0][SEQ]
-        turns = [
-            P.Turn(r[SEQ], r[AUTHOR_ID], r[AUTHOR_NAME], r[TEXT], r[CHARACTER] == key, r[CHARACTER])
-            for r in rows
-        ]
         scale = float(state.get("token_scale", 1.0))
         budget = input_limit(self.settings.llm.model, self.settings.llm.input_limit)
         budget -= P.estimate_tokens(ch.profile) + 64
-        sized = [
-            (t.seq, int((P.estimate_tokens(t.text) + P.estimate_tokens(t.speaker)) * scale))
-            for t in turns
-        ]
+        sized = [(r[SEQ], int(r[TOKENS] * scale)) for r in rows]
         start = P.choose_window(sized, start, max(256, budget))
-        return [t for t in turns if t.seq >= start], start
+        turns = [
+            P.Turn(r[SEQ], r[AUTHOR_ID], r[AUTHOR_NAME], r[TEXT], r[CHARACTER] == key, r[CHARACTER])
+            for r in rows
+            if r[SEQ] >= start
+        ]
+        return turns, start
 
     async def _speak(
         self,

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from typing import Final
 
+from core.prompt import estimate_tokens
 from core.store import StoredMessage
 
-Line = tuple[int, str, str, str, bool, "str | None", str, tuple[str, ...]]
-"""(seq, msg_id, author_id, author_name, author_is_bot, character, text, addressed)."""
+Line = tuple[int, str, str, str, bool, "str | None", str, tuple[str, ...], int]
+"""(seq, msg_id, author_id, author_name, author_is_bot, character, text, addressed, tokens).
+
+`tokens` is the estimate of the text and the speaker's name, made once rather than for
+every prompt the message appears in.
+"""
 
 SEQ: Final = 0
 MSG_ID: Final = 1
@@ -22,6 +27,7 @@ IS_BOT: Final = 4
 CHARACTER: Final = 5
 TEXT: Final = 6
 ADDRESSED: Final = 7
+TOKENS: Final = 8
 
 
 def line(record: StoredMessage) -> Line:
@@ -35,6 +41,7 @@ def line(record: StoredMessage) -> Line:
         record.character,
         record.text,
         tuple(sorted(record.addressed)),
+        estimate_tokens(record.text) + estimate_tokens(record.author_name),
     )
 
 
@@ -50,13 +57,15 @@ def make_line(
     author_name: str | None = None,
 ) -> Line:
     """A line from its parts (tests and callers without a store record)."""
+    name = author_name if author_name is not None else author_id
     return (
         seq,
         msg_id if msg_id is not None else f"m{seq}",
         author_id,
-        author_name if author_name is not None else author_id,
+        name,
         is_bot,
         character,
         text,
         tuple(sorted(addressed)),
+        estimate_tokens(text) + estimate_tokens(name),
     )
