@@ -119,6 +119,7 @@ class Engine:
         self._clock_waits = 0
         self._dirty: set[tuple[str, str]] = set()
         self._knob_cache: dict[str, Knobs] = {}
+        self._virtual = isinstance(self.clock, VirtualClock)
         self._rows = RowCache(
             budget=settings.storage.cache_mb * 2**20,
             per_channel=max(settings.salon.history_messages + 1, POLICY_WINDOW),
@@ -280,7 +281,10 @@ class Engine:
             # stored first; a newcomer joins with this message as its first to answer
             record = await self._store_message(self._channel_actor(event.channel), event)
             actor = await self._actor(event.channel, via, sender, baseline=record.seq - 1)
-            self._kick(actor)
+            if self._decides_at_once(actor):
+                await self._turn_at_once(actor)
+            else:
+                self._kick(actor)
             return
         actor = await self._actor(event.channel, via, sender)
         if isinstance(event, Edit):
@@ -474,33 +478,82 @@ class Engine:
                 return f"per-user rate limit ({b.user_replies_per_minute} replies a minute)"
         return None
 
+    def _decides_at_once(self, actor: _Actor) -> bool:
+        """No debounce, a real clock and a free channel: decide inside `receive` (no timer or
+        task per message); a virtual clock keeps deciding when time moves, as scripts expect."""
+        return (
+            actor.debounce_s <= 0
+            and not self._virtual
+            and not actor.queued
+            and actor.debounce is None
+            and not actor.lock.locked()
+        )
+
+    async def _turn_at_once(self, actor: _Actor) -> None:
+        """`_turn` inside `receive`: a reply, which takes a while, goes on in a task."""
+        await actor.lock.acquire()  # free (checked just before): returns at once
+        try:
+            decision, recent = await self._decide(actor)
+        except StoreError as e:
+            actor.lock.release()
+            self._fail(e)
+            return
+        except Exception:
+            actor.lock.release()
+            log.exception("internal error in a channel turn")
+            return
+        except BaseException:
+            actor.lock.release()
+            raise
+        if decision.speaker is None:
+            self._schedule_wake(actor, decision.wake_at)
+            actor.lock.release()
+            return
+        self._spawn(self._carry_out(actor, decision, recent))
+
     async def _turn(self, actor: _Actor) -> None:
         """One decision for the channel, and the reply it calls for."""
-        async with actor.lock:
-            actor.queued = False
-            recent = await self._recent(actor)
-            cands = [await self._candidate(actor, k, recent) for k in actor.present]
-            behind = min((c.handled_seq for c in cands), default=0)
-            if recent and behind + 1 < recent[0][SEQ]:
-                # a backlog longer than the tail: look back far enough to see every mention
-                limit = max(POLICY_WINDOW, self.settings.salon.history_messages)
-                recent = await self._history(actor, behind, limit)
-            decision = decide(
-                recent,
-                cands,
-                direct=actor.channel.direct,
-                now=self.clock.now(),
-                rng=self.rng,
-                loop_limit=self.settings.salon.bot_loop_limit,
-            )
-            await self._record(actor, decision, recent)
-            spoke = False
+        await actor.lock.acquire()
+        actor.queued = False
+        try:
+            decision, recent = await self._decide(actor)
+        except BaseException:
+            actor.lock.release()
+            raise
+        await self._carry_out(actor, decision, recent)
+
+    async def _carry_out(self, actor: _Actor, decision: Decision, recent: list[Line]) -> None:
+        """Speak if the decision says so, then let go of the channel (the caller locked it)."""
+        spoke = False
+        try:
             if decision.speaker is not None and decision.mode is not None:
                 spoke = await self._speak(actor, decision.speaker, decision.mode, recent)
             self._schedule_wake(actor, decision.wake_at)
+        finally:
+            actor.lock.release()
         if spoke or decision.speaker is not None:
             # others may want to answer it, or still be waiting their turn after a failure
             self._kick(actor)
+
+    async def _decide(self, actor: _Actor) -> tuple[Decision, list[Line]]:
+        """Look at the channel, pick a speaker or none, record why (the channel is locked)."""
+        recent = await self._recent(actor)
+        cands = [await self._candidate(actor, k, recent) for k in actor.present]
+        behind = min((c.handled_seq for c in cands), default=0)
+        if recent and behind + 1 < recent[0][SEQ]:
+            # a backlog longer than the tail: look back far enough to see every mention
+            limit = max(POLICY_WINDOW, self.settings.salon.history_messages)
+            recent = await self._history(actor, behind, limit)
+        decision = decide(
+            recent,
+            cands,
+            direct=actor.channel.direct,
+            now=self.clock.now(),
+            rng=self.rng,
+            loop_limit=self.settings.salon.bot_loop_limit,
+        )
+        await self._record(actor, decision, recent)
+        return decision, recent
 
     async def _record(self, actor: _Actor, decision: Decision, recent: list[Line]) -> None:
         top = recent[-1][SEQ] if recent else 0
