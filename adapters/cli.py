@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     from adapters.runner import run_adapters
 
     settings, _ = _load(args.config, [])
-    return asyncio.run(run_adapters(settings))
+    return asyncio.run(run_adapters(settings, freeze_startup=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

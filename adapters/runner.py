@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -34,8 +35,14 @@ def _token(env_name: str, where: str) -> str:
     return token
 
 
-async def run_adapters(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
-    """Start every adapter of the config with one shared engine; the exit code."""
+async def run_adapters(
+    settings: Settings, *, stop: asyncio.Event | None = None, freeze_startup: bool = False
+) -> int:
+    """Start every adapter of the config with one shared engine; the exit code.
+
+    `freeze_startup` (the `salon run` process) exempts what start-up loaded from the garbage
+    collector's full passes; a host that embeds salon decides that for itself.
+    """
     from adapters.console import configure_logging
     from core.config import resolve_character
     from core.engine import build_engine
@@ -77,6 +84,11 @@ async def run_adapters(settings: Settings, *, stop: asyncio.Event | None = None)
                 for (e, c), t in zip(dc, tokens_dc, strict=True)
             ]
         engine.on_fatal = lambda _e: stop.set()
+        if freeze_startup:
+            # what is loaded by now lives as long as the process: keep the collector's full
+            # passes off it (both platforms loaded: ~80,000 objects, ~70 ms a pass, measured)
+            gc.collect()
+            gc.freeze()
         tasks = [asyncio.create_task(a.run(stop)) for a in adapters]
         stopper = asyncio.create_task(stop.wait())
         try:
