@@ -164,25 +164,20 @@ class Engine:
             )
         return knobs
 
-    async def _save(
-        self, channel: Channel, key: str, state: dict[str, Any], *, durable: bool = True
-    ) -> None:
-        """Cache the state; write it now, or (durable=False) within FLUSH_EVERY_S.
+    async def _save(self, channel: Channel, key: str, state: dict[str, Any]) -> None:
+        """Cache the state and write it now."""
+        actor = self._actors.get(channel.key)
+        if actor is not None:
+            actor.states[key] = dict(state)
+        self._dirty.discard((channel.key, key))
+        await self.store.put_state(channel, key, state)
+
+    def _defer(self, channel: Channel, key: str) -> None:
+        """The cached state changed: write it within FLUSH_EVERY_S.
 
         Only silent decisions are deferred: losing one in a crash means a chatter roll is made
         again after the restart, never an addressed message answered twice or not at all.
         """
-        actor = self._actors.get(channel.key)
-        if actor is not None:
-            actor.states[key] = dict(state)
-        if durable or actor is None:
-            self._dirty.discard((channel.key, key))
-            await self.store.put_state(channel, key, state)
-            return
-        self._defer(channel, key)
-
-    def _defer(self, channel: Channel, key: str) -> None:
-        """The cached state changed: write it with the next flush."""
         if not self._dirty:
             asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self._spawn_flush)
         self._dirty.add((channel.key, key))
