@@ -55,7 +55,7 @@ async def diagnose(size: PipelineSize, *, seed: int = 1, workdir: Path | None = 
     """Run the flat-out phase once with counters and cProfile on; a printable report."""
     calls: Counter[str] = Counter()
     with tempfile.TemporaryDirectory(prefix="salon-bench-diag-", dir=workdir) as tmp:
-        harness = Harness(Path(tmp), seed)
+        harness = Harness(Path(tmp), seed, trace=True)
         await harness.open()
         store = harness.store
         for name in STORE_METHODS:

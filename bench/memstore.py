@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from core.store import AddResult, StoredMessage, Usage
@@ -53,7 +52,7 @@ class MemoryStore:
             newly = frozenset(message.addressed) - existing.addressed
             if not newly:
                 return AddResult(existing, False, frozenset())
-            merged = self._replace(replace(existing, addressed=existing.addressed | newly))
+            merged = self._replace(existing._replace(addressed=existing.addressed | newly))
             return AddResult(merged, False, newly)
         self._seq += 1
         author = message.author
@@ -83,12 +82,12 @@ class MemoryStore:
         if record is None:
             return None
         if record.edited_at is None or record.edited_at <= at:
-            record = self._replace(replace(record, text=text, edited_at=at))
+            record = self._replace(record._replace(text=text, edited_at=at))
         return record
 
     async def delete_message(self, channel: Channel, msg_id: str) -> StoredMessage | None:
         record = self._by_id.get((channel.platform, channel.id, msg_id))
-        return None if record is None else self._replace(replace(record, deleted=True))
+        return None if record is None else self._replace(record._replace(deleted=True))
 
     async def get_message(self, channel: Channel, msg_id: str) -> StoredMessage | None:
         return self._by_id.get((channel.platform, channel.id, msg_id))

