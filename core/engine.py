@@ -125,6 +125,11 @@ class Engine:
             budget=settings.storage.cache_mb * 2**20,
             per_channel=max(settings.salon.history_messages + 1, POLICY_WINDOW),
         )
+        # rendered prompts reused by the next reply, least recently used dropped past half
+        # the message cache's budget
+        self._memos: dict[tuple[str, str], P.Rendered] = {}
+        self._memo_bytes = 0
+        self._memo_budget = settings.storage.cache_mb * 2**19
         self.on_fatal: Callable[[Exception], None] | None = None
 
     # ----- identities -------------------------------------------------------------------
@@ -601,7 +606,12 @@ class Engine:
         start = P.choose_window(sized, start, max(256, budget))
         turns = [
             P.Turn(
-                r[SEQ], r[AUTHOR_ID], r[AUTHOR_NAME], r[TEXT], r[CHARACTER] == key, r[CHARACTER],
+                r[SEQ],
+                r[AUTHOR_ID],
+                r[AUTHOR_NAME],
+                r[TEXT],
+                r[CHARACTER] == key,
+                r[CHARACTER],
                 r[TOKENS],
             )
             for r in rows
@@ -639,6 +649,7 @@ class Engine:
         if memory:
             sent_upto = int(state.get("memory_sent_seq", 0))
             turns = [t for t in turns if t.seq > sent_upto]
+        memo = self._memo(channel.key, key)
         messages = P.build_messages(
             persona,
             turns,
@@ -646,7 +657,9 @@ class Engine:
             supplements=notes,
             reserved_names=reserved,
             include_system=not memory,
+            memo=memo,
         )
+        self._memo_settled(memo)
         gen = ch.generation
         seed = gen.seed
         if regen:
@@ -776,6 +789,23 @@ class Engine:
                 tuple(n for c in others for n in (c.name, *c.aliases)),
             )
         return known
+
+    def _memo(self, channel_key: str, key: str) -> P.Rendered:
+        """The channel's last rendered prompt for `key` (most recently used last)."""
+        memo = self._memos.pop((channel_key, key), None)
+        if memo is None:
+            memo = P.Rendered()
+        else:
+            self._memo_bytes -= memo.size
+        self._memos[(channel_key, key)] = memo
+        return memo
+
+    def _memo_settled(self, memo: P.Rendered) -> None:
+        """Count the memo's new size; drop the least recently used past the budget."""
+        self._memo_bytes += memo.size
+        while self._memo_bytes > self._memo_budget and len(self._memos) > 1:
+            oldest = next(iter(self._memos))
+            self._memo_bytes -= self._memos.pop(oldest).size
 
     def _profile_tokens(self, key: str) -> int:
         return P.estimate_tokens(self.characters[key].profile) + 64

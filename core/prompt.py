@@ -11,6 +11,7 @@ from core.sanitize import neutralize_content, speaker_keys, unique_names
 
 Msg = dict[str, Any]
 _WIDE = re.compile("[\u2e80-\U0010ffff]")
+TURN_OVERHEAD = 400  # bytes a remembered turn costs besides its text (dict, tuple, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,34 @@ def _oldest_unanswered(turns: Sequence[Turn]) -> int | None:
     return None
 
 
+class Rendered:
+    """The turns one (channel, character) prompt was last built from, for the next to reuse.
+
+    Consecutive prompts repeat almost all their turns; a turn is rendered again only when its
+    text changed or the speakers' names did (a newcomer can change how others are quoted).
+    """
+
+    __slots__ = ("key", "known", "names", "size", "turns")
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.names: dict[str, str] = {}
+        self.known: frozenset[str] = frozenset()
+        self.turns: dict[int, tuple[str, Msg]] = {}
+        self.size = 0  # roughly the bytes it holds
+
+    def settle(
+        self,
+        key: tuple[Any, ...],
+        names: dict[str, str],
+        known: frozenset[str],
+        turns: dict[int, tuple[str, Msg]],
+        chars: int,
+    ) -> None:
+        self.key, self.names, self.known, self.turns = key, names, known, turns
+        self.size = 2 * chars + TURN_OVERHEAD * len(turns)
+
+
 def build_messages(
     persona: Persona,
     turns: Sequence[Turn],
@@ -59,30 +88,52 @@ def build_messages(
     supplements: Sequence[str] = (),
     reserved_names: Sequence[str] = (),
     include_system: bool = True,
+    memo: Rendered | None = None,
 ) -> list[Msg]:
     """The messages array for one request.
 
     Group: everyone else is `user` with a `"Name: "` prefix, the character is `assistant` with
     its own prefix, and the request ends with the partial `"Name:"`. Direct: plain contents; a
     reply to the human ends with the human's message, a continuation ends with the partial.
-    Supplements go just before the oldest unanswered message, never at the front.
+    Supplements go just before the oldest unanswered message, never at the front. With `memo`,
+    unchanged turns reuse the message dicts of the previous call (treat them as read-only).
     """
     turns = [t for t in turns if t.text.strip()]
     own_names = (persona.name, *persona.aliases)
-    names = unique_names(
-        ((t.speaker_id, t.speaker, t.character is not None) for t in turns if not t.own),
-        reserved=(*own_names, *reserved_names),
-    )
-    known = speaker_keys((*own_names, *reserved_names, *names.values()))
+    speakers: dict[str, tuple[str, bool]] = {}
+    for t in turns:
+        if not t.own and t.speaker_id not in speakers:
+            speakers[t.speaker_id] = (t.speaker, t.character is not None)
+    key = (own_names, tuple(reserved_names), direct, speakers)
+    if memo is not None and memo.key == key:
+        names, known, before = memo.names, memo.known, memo.turns
+    else:
+        names = unique_names(
+            ((i, name, bot) for i, (name, bot) in speakers.items()),
+            reserved=(*own_names, *reserved_names),
+        )
+        known = speaker_keys((*own_names, *reserved_names, *names.values()))
+        before = {}
+    rendered: dict[int, tuple[str, Msg]] = {}
     body: list[Msg] = []
+    chars = 0
     for turn in turns:
-        content = neutralize_content(turn.text, known)
-        if turn.own:
-            text = content if direct else f"{persona.name}: {content}"
-            body.append({"role": "assistant", "content": text})
+        hit = before.get(turn.seq)
+        if hit is not None and hit[0] == turn.text:
+            msg = hit[1]
         else:
-            text = content if direct else f"{names[turn.speaker_id]}: {content}"
-            body.append({"role": "user", "content": text})
+            content = neutralize_content(turn.text, known)
+            if turn.own:
+                text = content if direct else f"{persona.name}: {content}"
+                msg = {"role": "assistant", "content": text}
+            else:
+                text = content if direct else f"{names[turn.speaker_id]}: {content}"
+                msg = {"role": "user", "content": text}
+        rendered[turn.seq] = (turn.text, msg)
+        body.append(msg)
+        chars += len(turn.text)
+    if memo is not None:
+        memo.settle(key, names, known, rendered, chars)
     notes = [{"role": "system", "content": s} for s in supplements if s.strip()]
     anchor = _oldest_unanswered(turns)
     if anchor is None:

@@ -20,8 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from core.store import StoreError
 
@@ -48,8 +47,7 @@ def not_open(path: str) -> StoreError:
     return StoreError(f"the history database {path} is not open; call open() first")
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
+class _Call(NamedTuple):
     """One store call waiting for the drain; a write runs inside the batch's transaction."""
 
     fn: Callable[[sqlite3.Connection], Any]

@@ -86,6 +86,8 @@ _PUT_STATE = (
 
 def _storable(text: str) -> str:
     """Lone surrogates (possible in decoded JSON) cannot be UTF-8; everything else is kept as is."""
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
