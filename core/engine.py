@@ -710,8 +710,9 @@ class Engine:
         posted = await self._post(actor, key, texts[0], reply_to=reply_to)
         now = self.clock.now()
         trigger = addressed[AUTHOR_ID] if addressed else (recent[-1][AUTHOR_ID] if recent else "")
-        state["replies"] = [r for r in state.get("replies", []) if now - r[0] < 60.0] + [
-            [now, trigger]
+        # (time, author) pairs as tuples, which the collector stops scanning (JSON has lists)
+        state["replies"] = [(r[0], r[1]) for r in state.get("replies", []) if now - r[0] < 60.0] + [
+            (now, trigger)
         ]
         state["last_spoke_at"] = now
         state["continuations"] = int(state.get("continuations", 0)) + 1 if mode == "continue" else 0

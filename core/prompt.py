@@ -11,7 +11,7 @@ from core.sanitize import neutralize_content, speaker_keys, unique_names
 
 Msg = dict[str, Any]
 _WIDE = re.compile("[\u2e80-\U0010ffff]")
-TURN_OVERHEAD = 400  # bytes a remembered turn costs besides its text (dict, tuple, key)
+TURN_OVERHEAD = 200  # bytes a remembered turn costs besides its text (tuple, key, slot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class Rendered:
         self.key: tuple[Any, ...] | None = None
         self.names: dict[str, str] = {}
         self.known: frozenset[str] = frozenset()
-        self.turns: dict[int, tuple[str, Msg]] = {}
+        self.turns: dict[int, tuple[str, str, str]] = {}  # seq -> (text, role, content)
         self.size = 0  # roughly the bytes it holds
 
     def settle(
@@ -96,7 +96,8 @@ def build_messages(
     its own prefix, and the request ends with the partial `"Name:"`. Direct: plain contents; a
     reply to the human ends with the human's message, a continuation ends with the partial.
     Supplements go just before the oldest unanswered message, never at the front. With `memo`,
-    unchanged turns reuse the message dicts of the previous call (treat them as read-only).
+    unchanged turns reuse what the previous call rendered (strings only: the collector never
+    has to scan a remembered prompt).
     """
     turns = [t for t in turns if t.text.strip()]
     own_names = (persona.name, *persona.aliases)
@@ -114,23 +115,22 @@ def build_messages(
         )
         known = speaker_keys((*own_names, *reserved_names, *names.values()))
         before = {}
-    rendered: dict[int, tuple[str, Msg]] = {}
+    rendered: dict[int, tuple[str, str, str]] = {}
     body: list[Msg] = []
     chars = 0
     for turn in turns:
         hit = before.get(turn.seq)
         if hit is not None and hit[0] == turn.text:
-            msg = hit[1]
+            role, text = hit[1], hit[2]
         else:
             content = neutralize_content(turn.text, known)
             if turn.own:
-                text = content if direct else f"{persona.name}: {content}"
-                msg = {"role": "assistant", "content": text}
+                role, text = "assistant", content if direct else f"{persona.name}: {content}"
             else:
-                text = content if direct else f"{names[turn.speaker_id]}: {content}"
-                msg = {"role": "user", "content": text}
-        rendered[turn.seq] = (turn.text, msg)
-        body.append(msg)
+                role, text = "user", content if direct else f"{names[turn.speaker_id]}: {content}"
+            hit = (turn.text, role, text)
+        rendered[turn.seq] = hit
+        body.append({"role": role, "content": text})
         chars += len(turn.text)
     if memo is not None:
         memo.settle(key, names, known, rendered, chars)
