@@ -710,10 +710,13 @@ class Engine:
         posted = await self._post(actor, key, texts[0], reply_to=reply_to)
         now = self.clock.now()
         trigger = addressed[AUTHOR_ID] if addressed else (recent[-1][AUTHOR_ID] if recent else "")
-        # (time, author) pairs as tuples, which the collector stops scanning (JSON has lists)
-        state["replies"] = [(r[0], r[1]) for r in state.get("replies", []) if now - r[0] < 60.0] + [
-            (now, trigger)
-        ]
+        b = ch.behavior
+        if b.replies_per_minute > 0 or b.user_replies_per_minute > 0:
+            # (time, author) pairs as tuples, which the collector stops scanning (JSON has lists)
+            kept = [(r[0], r[1]) for r in state.get("replies", []) if now - r[0] < 60.0]
+            state["replies"] = [*kept, (now, trigger)]
+        else:
+            state.pop("replies", None)  # only the rate limits read it; every flush writes it
         state["last_spoke_at"] = now
         state["continuations"] = int(state.get("continuations", 0)) + 1 if mode == "continue" else 0
         state["last_posted"] = posted
