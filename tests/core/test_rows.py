@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 
 from core.lines import SEQ, Line, line, make_line
-from core.rows import RowCache, weight
+from core.rows import SEAL, RowCache, weight
 from core.store import StoredMessage
 
 KEY = "console:room"
@@ -133,3 +133,37 @@ def test_cached_lines_are_left_alone_by_the_garbage_collector() -> None:
     gc.collect()  # the first pass untracks the inner tuple of addressees, the second the line
     cached = cache.lookup(KEY, 0, 40)
     assert cached is not None and not gc.is_tracked(cached[0])
+
+
+def test_long_runs_cross_seals_and_keep_every_window_right() -> None:
+    cache = RowCache(budget=10**9, per_channel=100)
+    token = cache.begin_load(KEY)
+    cache.end_load(KEY, token, 0, 40, rows(1, 2, 3))
+    for seq in range(4, 301):
+        cache.add(KEY, make_line(seq, "u1", text=f"text {seq}"))
+    assert seqs(cache.lookup(KEY, 0, 100)) == list(range(201, 301))
+    assert cache.lookup(KEY, 0, 101) is None, "only the newest 100 are kept"
+    assert seqs(cache.lookup(KEY, 250, 100)) == list(range(251, 301))
+    assert seqs(cache.lookup(KEY, 0, 7)) == list(range(294, 301))
+    assert cache.weight == sum(weight(x) for x in rows(*range(201, 301)))
+    # a redelivery that adds addressees, deep in the sealed part and in the open tail
+    cache.add(KEY, make_line(210, "u1", text="text 210", addressed=frozenset({"lu"})))
+    cache.add(KEY, make_line(300, "u1", text="text 300", addressed=frozenset({"lu"})))
+    got = cache.lookup(KEY, 0, 100)
+    assert got is not None and seqs(got) == list(range(201, 301))
+    assert got[9][7] == ("lu",) and got[-1][7] == ("lu",)
+
+
+def test_sealed_lines_leave_the_collector_little_to_visit() -> None:
+    """All but the open tail sit in one untracked tuple: a full collection skips them."""
+    cache = RowCache(budget=10**9, per_channel=1000)
+    token = cache.begin_load(KEY)
+    cache.end_load(KEY, token, 0, 40, [])
+    for seq in range(1, 501):
+        cache.add(KEY, make_line(seq, "u1", text=f"text {seq}"))
+    gc.collect()
+    gc.collect()
+    held = cache._entries[KEY].rows
+    assert held is not None and len(held.tail) < SEAL <= len(held.sealed)
+    assert not gc.is_tracked(held.sealed)
+    assert seqs(cache.lookup(KEY, 0, 1000)) == list(range(1, 501))
