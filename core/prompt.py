@@ -59,13 +59,16 @@ class Rendered:
     text changed or the speakers' names did (a newcomer can change how others are quoted).
     """
 
-    __slots__ = ("key", "known", "names", "size", "turns")
+    __slots__ = ("index", "key", "known", "names", "rendered", "size")
 
     def __init__(self) -> None:
         self.key: tuple[Any, ...] | None = None
         self.names: dict[str, str] = {}
         self.known: frozenset[str] = frozenset()
-        self.turns: dict[int, tuple[str, str, str]] = {}  # seq -> (text, role, content)
+        # seq -> position in `rendered` (text, role, content): ints and a tuple of strings,
+        # none of which the garbage collector has to visit
+        self.index: dict[int, int] = {}
+        self.rendered: tuple[tuple[str, str, str], ...] = ()
         self.size = 0  # roughly the bytes it holds
 
     def settle(
@@ -73,11 +76,13 @@ class Rendered:
         key: tuple[Any, ...],
         names: dict[str, str],
         known: frozenset[str],
-        turns: dict[int, tuple[str, Msg]],
+        index: dict[int, int],
+        rendered: list[tuple[str, str, str]],
         chars: int,
     ) -> None:
-        self.key, self.names, self.known, self.turns = key, names, known, turns
-        self.size = 2 * chars + TURN_OVERHEAD * len(turns)
+        self.key, self.names, self.known = key, names, known
+        self.index, self.rendered = index, tuple(rendered)
+        self.size = 2 * chars + TURN_OVERHEAD * len(rendered)
 
 
 def build_messages(
@@ -107,19 +112,22 @@ def build_messages(
             speakers[t.speaker_id] = (t.speaker, t.character is not None)
     key = (own_names, tuple(reserved_names), direct, speakers)
     if memo is not None and memo.key == key:
-        names, known, before = memo.names, memo.known, memo.turns
+        names, known = memo.names, memo.known
+        index, before = memo.index, memo.rendered
     else:
         names = unique_names(
             ((i, name, bot) for i, (name, bot) in speakers.items()),
             reserved=(*own_names, *reserved_names),
         )
         known = speaker_keys((*own_names, *reserved_names, *names.values()))
-        before = {}
-    rendered: dict[int, tuple[str, str, str]] = {}
+        index, before = {}, ()
+    new_index: dict[int, int] = {}
+    rendered: list[tuple[str, str, str]] = []
     body: list[Msg] = []
     chars = 0
     for turn in turns:
-        hit = before.get(turn.seq)
+        at = index.get(turn.seq)
+        hit = before[at] if at is not None else None
         if hit is not None and hit[0] == turn.text:
             role, text = hit[1], hit[2]
         else:
@@ -129,11 +137,12 @@ def build_messages(
             else:
                 role, text = "user", content if direct else f"{names[turn.speaker_id]}: {content}"
             hit = (turn.text, role, text)
-        rendered[turn.seq] = hit
+        new_index[turn.seq] = len(rendered)
+        rendered.append(hit)
         body.append({"role": role, "content": text})
         chars += len(turn.text)
     if memo is not None:
-        memo.settle(key, names, known, rendered, chars)
+        memo.settle(key, names, known, new_index, rendered, chars)
     notes = [{"role": "system", "content": s} for s in supplements if s.strip()]
     anchor = _oldest_unanswered(turns)
     if anchor is None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.prompt import Persona, Turn, build_messages, choose_window, estimate_tokens
+from core.prompt import Persona, Rendered, Turn, build_messages, choose_window, estimate_tokens
 from tests import golden
 
 LU = Persona("Ling Lu", golden.LING_LU_PROFILE, ("凌露", "Lu"))
@@ -109,3 +110,28 @@ def test_no_input_forges_a_turn(items: list[tuple[str, str, bool]]) -> None:
             assert not line.lstrip().casefold().startswith("ling lu:")
         assert "<|" not in m["content"]
     json.dumps(msgs)
+
+
+def test_a_memo_changes_nothing_in_what_is_built() -> None:
+    """Reused turns must equal fresh ones: after new turns, an edit and a newcomer whose name
+    makes an older line look like a turn of theirs."""
+    persona = Persona("Ling Lu", "profile")
+    memo = Rendered()
+    history = [
+        Turn(1, "u1", "Ann", "hello", False),
+        Turn(2, "u2", "Bob", "Cy: are you there?", False),
+        Turn(3, "lu", "Ling Lu", "hi both", True, "lu"),
+    ]
+    steps = [
+        history,
+        [*history, Turn(4, "u1", "Ann", "news", False)],
+        [history[0], Turn(2, "u2", "Bob", "edited text", False), *history[2:]],
+        [*history, Turn(5, "u3", "Cy", "yes", False)],
+    ]
+    for turns in steps:
+        fresh = build_messages(persona, turns, direct=False, reserved_names=("Mo",))
+        reused = build_messages(persona, turns, direct=False, reserved_names=("Mo",), memo=memo)
+        assert reused == fresh
+    gc.collect()
+    gc.collect()  # the first pass untracks the inner tuples, the second the outer one
+    assert memo.size > 0 and not gc.is_tracked(memo.rendered)
