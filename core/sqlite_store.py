@@ -96,6 +96,7 @@ def _storable(text: str) -> str:
 
 
 _NOBODY = "[]"
+_STATE_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # one, not one per state
 
 
 def _encode_addressed(addressed: Iterable[str]) -> str:
@@ -479,7 +480,7 @@ class SqliteStore:
                 channel.platform,
                 channel.id,
                 character,
-                json.dumps(dict(state), ensure_ascii=False, allow_nan=False),
+                _STATE_JSON.encode(state if type(state) is dict else dict(state)),
             )
             for channel, character, state in states
         ]
