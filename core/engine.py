@@ -602,8 +602,11 @@ class Engine:
         scale = float(state.get("token_scale", 1.0))
         budget = input_limit(self.settings.llm.model, self.settings.llm.input_limit)
         budget -= self._profile_tokens(key)
-        sized = [(r[SEQ], int(r[TOKENS] * scale)) for r in rows]
-        start = P.choose_window(sized, start, max(256, budget))
+        budget = max(256, budget)
+        if sum(r[TOKENS] for r in rows if r[SEQ] >= start) * scale > budget:
+            # over budget (an upper bound of the sum below): choose a new start
+            sized = [(r[SEQ], int(r[TOKENS] * scale)) for r in rows]
+            start = P.choose_window(sized, start, budget)
         turns = [
             P.Turn(
                 r[SEQ],
