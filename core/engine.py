@@ -615,7 +615,6 @@ class Engine:
                 r[TEXT],
                 r[CHARACTER] == key,
                 r[CHARACTER],
-                r[TOKENS],
             )
             for r in rows
             if r[SEQ] >= start
@@ -693,10 +692,7 @@ class Engine:
         state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
         state["window_start"] = start
         urgent = addressed is not None or channel.direct or regen
-        # the estimate the window was chosen with, so the learnt scale corrects exactly that
-        estimated = sum(t.tokens for t in turns)
-        if not memory:
-            estimated += self._profile_tokens(key)
+        estimated = sum(P.estimate_tokens(str(m.get("content", ""))) for m in messages)
         texts = await self._generate(
             actor, key, request, state, estimated, priority=0 if urgent else 1
         )

@@ -35,7 +35,6 @@ class Turn(NamedTuple):
     text: str
     own: bool
     character: str | None = None
-    tokens: int = 0  # the estimate the window was chosen with (0: not known)
 
 
 def partial(name: str) -> Msg:
