@@ -692,7 +692,7 @@ class Engine:
         state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
         state["window_start"] = start
         urgent = addressed is not None or channel.direct or regen
-        estimated = sum(P.estimate_tokens(str(m.get("content", ""))) for m in messages)
+        estimated = memo.estimate  # estimate_tokens over every content in `messages`
         texts = await self._generate(
             actor, key, request, state, estimated, priority=0 if urgent else 1
         )

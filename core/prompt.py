@@ -58,17 +58,18 @@ class Rendered:
     text changed or the speakers' names did (a newcomer can change how others are quoted).
     """
 
-    __slots__ = ("index", "key", "known", "names", "rendered", "size")
+    __slots__ = ("estimate", "index", "key", "known", "names", "rendered", "size")
 
     def __init__(self) -> None:
         self.key: tuple[Any, ...] | None = None
         self.names: dict[str, str] = {}
         self.known: frozenset[str] = frozenset()
-        # seq -> position in `rendered` (text, role, content): ints and a tuple of strings,
+        # seq -> position in `rendered`: ints and a tuple of strings and ints,
         # none of which the garbage collector has to visit
         self.index: dict[int, int] = {}
-        self.rendered: tuple[tuple[str, str, str], ...] = ()
+        self.rendered: tuple[tuple[str, str, str, int], ...] = ()  # text, role, content, tokens
         self.size = 0  # roughly the bytes it holds
+        self.estimate = 0  # estimate_tokens summed over the contents of the last array built
 
     def settle(
         self,
@@ -76,12 +77,14 @@ class Rendered:
         names: dict[str, str],
         known: frozenset[str],
         index: dict[int, int],
-        rendered: list[tuple[str, str, str]],
+        rendered: list[tuple[str, str, str, int]],
         chars: int,
+        estimate: int,
     ) -> None:
         self.key, self.names, self.known = key, names, known
         self.index, self.rendered = index, tuple(rendered)
         self.size = 2 * chars + TURN_OVERHEAD * len(rendered)
+        self.estimate = estimate
 
 
 def build_messages(
@@ -121,9 +124,9 @@ def build_messages(
         known = speaker_keys((*own_names, *reserved_names, *names.values()))
         index, before = {}, ()
     new_index: dict[int, int] = {}
-    rendered: list[tuple[str, str, str]] = []
+    rendered: list[tuple[str, str, str, int]] = []
     body: list[Msg] = []
-    chars = 0
+    chars = tokens = 0
     for turn in turns:
         at = index.get(turn.seq)
         hit = before[at] if at is not None else None
@@ -135,13 +138,12 @@ def build_messages(
                 role, text = "assistant", content if direct else f"{persona.name}: {content}"
             else:
                 role, text = "user", content if direct else f"{names[turn.speaker_id]}: {content}"
-            hit = (turn.text, role, text)
+            hit = (turn.text, role, text, estimate_tokens(text))
         new_index[turn.seq] = len(rendered)
         rendered.append(hit)
         body.append({"role": role, "content": text})
         chars += len(turn.text)
-    if memo is not None:
-        memo.settle(key, names, known, new_index, rendered, chars)
+        tokens += hit[3]
     notes = [{"role": "system", "content": s} for s in supplements if s.strip()]
     anchor = _oldest_unanswered(turns)
     if anchor is None:
@@ -150,8 +152,13 @@ def build_messages(
         body[anchor:anchor] = notes
     messages: list[Msg] = [{"role": "system", "content": persona.profile}] if include_system else []
     messages.extend(body)
+    extra = [*notes, *messages[:1]] if include_system else list(notes)
     if not direct or not turns or turns[-1].own:
         messages.append(partial(persona.name))
+        extra.append(messages[-1])
+    if memo is not None:
+        tokens += sum(estimate_tokens(str(m["content"])) for m in extra)
+        memo.settle(key, names, known, new_index, rendered, chars, tokens)
     return messages
 
 

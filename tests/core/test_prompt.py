@@ -116,7 +116,6 @@ def test_a_memo_changes_nothing_in_what_is_built() -> None:
     """Reused turns must equal fresh ones: after new turns, an edit and a newcomer whose name
     makes an older line look like a turn of theirs."""
     persona = Persona("Ling Lu", "profile")
-    memo = Rendered()
     history = [
         Turn(1, "u1", "Ann", "hello", False),
         Turn(2, "u2", "Bob", "Cy: are you there?", False),
@@ -128,10 +127,15 @@ def test_a_memo_changes_nothing_in_what_is_built() -> None:
         [history[0], Turn(2, "u2", "Bob", "edited text", False), *history[2:]],
         [*history, Turn(5, "u3", "Cy", "yes", False)],
     ]
-    for turns in steps:
-        fresh = build_messages(persona, turns, direct=False, reserved_names=("Mo",))
-        reused = build_messages(persona, turns, direct=False, reserved_names=("Mo",), memo=memo)
-        assert reused == fresh
+    for direct in (False, True):
+        memo = Rendered()
+        for turns in steps:
+            notes = ("a note",) if len(turns) == 4 else ()
+            kw = {"direct": direct, "reserved_names": ("Mo",), "supplements": notes}
+            fresh = build_messages(persona, turns, **kw)  # type: ignore[arg-type]
+            reused = build_messages(persona, turns, memo=memo, **kw)  # type: ignore[arg-type]
+            assert reused == fresh
+            assert memo.estimate == sum(estimate_tokens(m["content"]) for m in fresh)
     gc.collect()
     gc.collect()  # the first pass untracks the inner tuples, the second the outer one
     assert memo.size > 0 and not gc.is_tracked(memo.rendered)
