@@ -1,11 +1,15 @@
 """A dict-backed `Store` with no I/O: the diagnosis runs the engine on it to find its CPU ceiling.
 
 The difference between the engine's rate on this store and on SqliteStore is what storage
-costs; the rate on this store is what the orchestrator's own Python work allows.
+costs; the rate on this store is what the orchestrator's own Python work allows. Each call
+yields to the loop once, as a SQLite call waits for its batch's commit: a store that never
+yields would let a channel's later messages pile up behind one decision and share it, and
+the ceiling would count decisions that never ran.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -45,6 +49,7 @@ class MemoryStore:
         return record
 
     async def add_message(self, message: Message) -> AddResult:
+        await asyncio.sleep(0)
         channel = message.channel
         key = (channel.platform, channel.id, message.id)
         existing = self._by_id.get(key)
@@ -78,6 +83,7 @@ class MemoryStore:
     async def edit_message(
         self, channel: Channel, msg_id: str, text: str, at: float
     ) -> StoredMessage | None:
+        await asyncio.sleep(0)
         record = self._by_id.get((channel.platform, channel.id, msg_id))
         if record is None:
             return None
@@ -86,15 +92,18 @@ class MemoryStore:
         return record
 
     async def delete_message(self, channel: Channel, msg_id: str) -> StoredMessage | None:
+        await asyncio.sleep(0)
         record = self._by_id.get((channel.platform, channel.id, msg_id))
         return None if record is None else self._replace(record._replace(deleted=True))
 
     async def get_message(self, channel: Channel, msg_id: str) -> StoredMessage | None:
+        await asyncio.sleep(0)
         return self._by_id.get((channel.platform, channel.id, msg_id))
 
     async def recent(
         self, channel: Channel, *, after_seq: int = 0, limit: int = 200
     ) -> list[StoredMessage]:
+        await asyncio.sleep(0)
         if limit <= 0:
             return []
         out: list[StoredMessage] = []
@@ -107,18 +116,22 @@ class MemoryStore:
         return out
 
     async def last_message(self, channel: Channel) -> StoredMessage | None:
+        await asyncio.sleep(0)
         for record in reversed(self._rows.get((channel.platform, channel.id), [])):
             if not record.deleted:
                 return record
         return None
 
     async def get_state(self, channel: Channel, character: str) -> dict[str, Any]:
+        await asyncio.sleep(0)
         return copy.deepcopy(self._state.get((channel.platform, channel.id, character), {}))
 
     async def put_state(self, channel: Channel, character: str, state: Mapping[str, Any]) -> None:
+        await asyncio.sleep(0)
         self._state[(channel.platform, channel.id, character)] = copy.deepcopy(dict(state))
 
     async def put_states(self, states: Sequence[tuple[Channel, str, Mapping[str, Any]]]) -> None:
+        await asyncio.sleep(0)
         for channel, character, state in states:
             await self.put_state(channel, character, state)
 
@@ -132,6 +145,7 @@ class MemoryStore:
         completion_tokens: int,
         cached_tokens: int,
     ) -> None:
+        await asyncio.sleep(0)
         key = (channel.platform, channel.id, character, day)
         old = self._usage.get(key, Usage())
         self._usage[key] = Usage(
@@ -148,6 +162,7 @@ class MemoryStore:
         channel: Channel | None = None,
         day: str | None = None,
     ) -> Usage:
+        await asyncio.sleep(0)
         total = Usage()
         for (platform, channel_id, who, when), u in self._usage.items():
             if character is not None and who != character:
@@ -165,12 +180,15 @@ class MemoryStore:
         return total
 
     async def get_kv(self, key: str) -> str | None:
+        await asyncio.sleep(0)
         return self._kv.get(key)
 
     async def set_kv(self, key: str, value: str) -> None:
+        await asyncio.sleep(0)
         self._kv[key] = value
 
     async def active_channels(self, platform: str, since: float) -> list[tuple[str, str]]:
+        await asyncio.sleep(0)
         found: list[tuple[int, str, str]] = []
         for (p, channel_id), rows in self._rows.items():
             if p == platform and rows and any(r.at >= since for r in rows):
