@@ -350,7 +350,10 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
                 await asyncio.sleep(SETTLE_S)  # a pause after the burst, as traffic has
                 rate = min(PACED_SHARE * flat.rate, PACED_MAX_RATE)
                 count = max(1, int(rate * size.paced_s))
+                cpu0, wall0 = time.thread_time(), time.perf_counter()
                 paced = await harness.paced(extra[:count], rate)
+                # the loop thread's CPU share: how loaded "half the flat rate" really was
+                busy = (time.thread_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
         finally:
             await harness.close()
         stored = sorted(flat_pushed, key=lambda m: (int(m.id[1:]), int(m.channel.id[1:])))
@@ -401,6 +404,7 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
         "paced_rate": rate,
         "paced_messages": float(paced.messages),
         "paced_achieved_rate": paced.rate,
+        "paced_loop_busy": busy,
         "paced_replies": float(paced.replies),
         "paced_p50_ms": p50,
         "paced_p99_ms": p99,
