@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from core.sqlite_batch import JOURNAL_LIMIT, Batcher, not_open, one_line
+from core.sqlite_batch import Batcher, not_open, one_line
 from core.store import AddResult, StoredMessage, StoreError, Usage
 from core.types import Channel, Message
 
@@ -274,7 +274,7 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             # a helper thread checkpoints; this is only the backstop if it falls behind
             db.execute("PRAGMA wal_autocheckpoint=100000")
-            db.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT}")
+            db.execute("PRAGMA journal_size_limit=-1")  # the checkpointer empties the log
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
 

@@ -753,6 +753,14 @@ async def test_a_pause_in_traffic_checkpoints_the_log(
             if [t for t in checkpoint_threads() if t not in before]:
                 break
         assert len([t for t in checkpoint_threads() if t not in before]) == 1
+        wal = tmp_path / "salon.db-wal"
+        for _ in range(200):  # the helper, not the loop, empties the log file in the pause
+            if wal.stat().st_size == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert wal.stat().st_size == 0
+        await db.add_message(msg("after", "x"))
+        assert len(await db.recent(ROOM, limit=100)) == 21
 
 
 async def test_a_cancelled_open_can_be_retried(tmp_path: Path) -> None:
