@@ -125,11 +125,11 @@ class Engine:
             budget=settings.storage.cache_mb * 2**20,
             per_channel=max(settings.salon.history_messages + 1, POLICY_WINDOW),
         )
-        # rendered prompts reused by the next reply, least recently used dropped past half
-        # the message cache's budget
+        # rendered prompts reused by the next reply, least recently used dropped past the
+        # same budget as the message cache's (a 120-turn prompt holds about 45 KB)
         self._memos: dict[tuple[str, str], P.Rendered] = {}
         self._memo_bytes = 0
-        self._memo_budget = settings.storage.cache_mb * 2**19
+        self._memo_budget = settings.storage.cache_mb * 2**20
         self.on_fatal: Callable[[Exception], None] | None = None
 
     # ----- identities -------------------------------------------------------------------

@@ -11,7 +11,7 @@ from core.sanitize import neutralize_content, speaker_keys, unique_names
 
 Msg = dict[str, Any]
 _WIDE = re.compile("[\u2e80-\U0010ffff]")
-TURN_OVERHEAD = 200  # bytes a remembered turn costs besides its text (tuple, key, slot)
+TURN_OVERHEAD = 250  # bytes a remembered turn costs besides its text (tuple, key, slot; measured)
 
 
 @dataclass(frozen=True, slots=True)
