@@ -152,11 +152,15 @@ def build_messages(
         body[anchor:anchor] = notes
     messages: list[Msg] = [{"role": "system", "content": persona.profile}] if include_system else []
     messages.extend(body)
-    extra = [*notes, *messages[:1]] if include_system else list(notes)
-    if not direct or not turns or turns[-1].own:
+    ends_partial = not direct or not turns or turns[-1].own
+    if ends_partial:
         messages.append(partial(persona.name))
-        extra.append(messages[-1])
     if memo is not None:
+        extra = list(notes)  # what is not a turn: the notes, the profile, the partial
+        if include_system:
+            extra.append(messages[0])
+        if ends_partial:
+            extra.append(messages[-1])
         tokens += sum(estimate_tokens(str(m["content"])) for m in extra)
         memo.settle(key, names, known, new_index, rendered, chars, tokens)
     return messages
