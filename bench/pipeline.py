@@ -20,7 +20,7 @@ import json
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,19 +238,20 @@ class Harness:
         return [m for items, n in zip(lanes, done, strict=True) for m in items[:n]]
 
     async def paced(
-        self, messages: Sequence[Message], rate: float, count: int | None = None
+        self, messages: Sequence[Message], rate: float, count: int | None = None, start: int = 0
     ) -> Phase:
         """Open loop: message i arrives at start + i / rate whether or not the engine kept up.
 
-        The first `count` messages (all by default) are delivered.
+        `count` messages (all by default) from index `start` on are delivered.
         """
         assert self.engine is not None
         sent0, statements0 = self._mark()
-        count = len(messages) if count is None else min(count, len(messages))
+        left = max(0, len(messages) - start)
+        count = left if count is None else min(count, left)
         running: set[asyncio.Task[None]] = set()  # done ones leave at once, as a gateway's would
         started = time.perf_counter()
         for index in range(count):
-            message = messages[index]
+            message = messages[start + index]
             due = started + index / rate
             wait = due - time.perf_counter()
             if wait > 0:
@@ -261,7 +262,7 @@ class Harness:
         while running:
             await asyncio.gather(*running)
         await self.engine.flush()
-        addressed = sum(1 for i in range(count) if messages[i].addressed)
+        addressed = sum(1 for i in range(start, start + count) if messages[i].addressed)
         return self._phase(count, addressed, time.perf_counter() - started, sent0, statements0)
 
     def _phase(
@@ -343,6 +344,13 @@ def frozen_workload() -> Iterator[None]:
         gc.unfreeze()
 
 
+async def _timed(phase: Awaitable[Phase]) -> tuple[Phase, float]:
+    """The phase, and the loop thread's CPU share while it ran (how loaded that rate was)."""
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    done = await phase
+    return done, (time.thread_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
+
+
 def _latency(phase: Phase) -> tuple[float, float, float]:
     values = phase.latencies_ms
     return percentile(values, 50), percentile(values, 99), max(values, default=0.0)
@@ -358,7 +366,8 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
             workload(size.channels, range(size.per_channel), size.addressed_share, seed),
             size.concurrency,
         )
-        most = int(PACED_MAX_RATE * size.paced_s) + 1
+        # the half-rate phase, then the quarter-rate one, from the same pre-built messages
+        most = int(PACED_MAX_RATE * size.paced_s * 1.5) + 2
         rounds = range(size.per_channel, size.per_channel + -(-most // size.channels))
         extra = workload(size.channels, rounds, size.addressed_share, seed)[:most]
         try:
@@ -367,10 +376,11 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
                 await asyncio.sleep(SETTLE_S)  # a pause after the burst, as traffic has
                 rate = min(PACED_SHARE * flat.rate, PACED_MAX_RATE)
                 count = max(1, int(rate * size.paced_s))
-                cpu0, wall0 = time.thread_time(), time.perf_counter()
-                paced = await harness.paced(extra, rate, count)
-                # the loop thread's CPU share: how loaded "half the flat rate" really was
-                busy = (time.thread_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
+                paced, busy = await _timed(harness.paced(extra, rate, count))
+                await asyncio.sleep(SETTLE_S)
+                low_rate = rate / 2
+                low_count = max(1, int(low_rate * size.paced_s))
+                low, low_busy = await _timed(harness.paced(extra, low_rate, low_count, start=count))
         finally:
             await harness.close()
         stored = sorted(harness.pushed(), key=lambda m: (int(m.id[1:]), int(m.channel.id[1:])))
@@ -384,6 +394,7 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
     commit_ms = 1000.0 / floors["autocommit"] if floors["autocommit"] else 0.0
     flat_p50, flat_p99, flat_max = _latency(flat)
     p50, p99, worst = _latency(paced)
+    low_p50, low_p99, low_worst = _latency(low)
     figures = (
         Figure(
             "pipeline", "throughput", flat.rate, "msg/s",
@@ -401,6 +412,10 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
         ),
         Figure(
             "pipeline", "p99 arrival->reply flat out", flat_p99, "ms",
+            "1 aiosqlite insert+commit", commit_ms,
+        ),
+        Figure(
+            "pipeline", f"p99 arrival->reply @{PACED_SHARE / 2:.0%} load", low_p99, "ms",
             "1 aiosqlite insert+commit", commit_ms,
         ),
     )  # fmt: skip
@@ -427,6 +442,12 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
         "paced_p99_ms": p99,
         "paced_max_ms": worst,
         "paced_samples": float(len(paced.latencies_ms)),
+        "quarter_rate": low_rate,
+        "quarter_loop_busy": low_busy,
+        "quarter_replies": float(low.replies),
+        "quarter_p50_ms": low_p50,
+        "quarter_p99_ms": low_p99,
+        "quarter_max_ms": low_worst,
         "floor_autocommit_rows_s": floors["autocommit"],
         "floor_transaction_rows_s": floors["transaction"],
         "floor_batched_rows_s": floors["batched"],
