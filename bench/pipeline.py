@@ -227,9 +227,7 @@ class Harness:
         # what was pushed is kept as counts: a list of 100,000 messages, new to the collector,
         # would be scanned by each of its passes (10-40 ms) as no gateway's memory is
         self._pushed = (lanes, done)
-        addressed = sum(
-            1 for items, n in zip(lanes, done, strict=True) for m in items[:n] if m.addressed
-        )
+        addressed = sum(1 for m in self.pushed() if m.addressed)
         return self._phase(sum(done), addressed, seconds, sent0, statements0)
 
     def pushed(self) -> list[Message]:

@@ -217,10 +217,12 @@ class Engine:
 
     async def _history(self, actor: _Actor, after: int, limit: int) -> list[Line]:
         """The newest `limit` messages after seq `after`, oldest first; from memory if held."""
+        cached = self._rows.lookup(actor.channel.key, after, limit)
+        return cached if cached is not None else await self._load(actor, after, limit)
+
+    async def _load(self, actor: _Actor, after: int, limit: int) -> list[Line]:
+        """`_history` from the store, kept in memory for the next look."""
         key = actor.channel.key
-        cached = self._rows.lookup(key, after, limit)
-        if cached is not None:
-            return cached
         token = self._rows.begin_load(key)
         try:
             loaded = await self.store.recent(actor.channel, after_seq=after, limit=limit)
@@ -553,9 +555,10 @@ class Engine:
 
     async def _decide(self, actor: _Actor) -> tuple[Decision, list[Line]]:
         """Look at the channel, pick a speaker or none, record why (the channel is locked)."""
+        # `_recent` without a coroutine when memory holds the channel (the usual case)
         recent = self._rows.lookup(actor.channel.key, 0, POLICY_WINDOW)
         if recent is None:
-            recent = await self._recent(actor)
+            recent = await self._load(actor, 0, POLICY_WINDOW)
         cands = [await self._candidate(actor, k, recent) for k in actor.present]
         behind = min((c.handled_seq for c in cands), default=0)
         if recent and behind + 1 < recent[0][SEQ]:
