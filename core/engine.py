@@ -91,6 +91,25 @@ def _day(ts: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
+def _turn(r: Line, key: str) -> P.Turn:
+    """A line as a turn of the prompt for character `key`."""
+    return P.Turn(r[SEQ], r[AUTHOR_ID], r[AUTHOR_NAME], r[TEXT], r[CHARACTER] == key, r[CHARACTER])
+
+
+def _reused(source: tuple[Any, ...] | None, rows: list[Line], start: int) -> int:
+    """How many leading `rows` a memo built from `source` has seen unchanged (0: cannot tell).
+
+    The message cache never changes a line in place (an edit drops the channel and a load makes
+    new tuples), so the same first and last line objects at the same places mean the same lines.
+    """
+    if source is None or source[3] != start:
+        return 0
+    first, last, count = source[0], source[1], source[2]
+    if len(rows) < count or rows[0] is not first or rows[count - 1] is not last:
+        return 0
+    return int(count)
+
+
 class Engine:
     """Everything platform-neutral that happens between an incoming event and a posted reply."""
 
@@ -593,36 +612,78 @@ class Engine:
 
     # ----- generation ---------------------------------------------------------------------
     async def _transcript(
-        self, actor: _Actor, key: str, state: dict[str, Any]
-    ) -> tuple[list[P.Turn], int]:
-        """The turns for the prompt, windowed in blocks so consecutive requests share a prefix."""
+        self, actor: _Actor, key: str, state: dict[str, Any], memo: P.Rendered
+    ) -> tuple[list[Line], int, int, int]:
+        """The lines for the prompt, windowed in blocks so consecutive requests share a prefix.
+
+        Returns (lines, window start, how many leading lines `memo` was built from (0: none),
+        the window's token estimate).
+        """
         limit = max(2, self.settings.salon.history_messages)
         start = int(state.get("window_start", 0))
         rows = await self._history(actor, max(0, start - 1), limit + 1)
         if len(rows) > limit:
             rows = rows[-(limit // 2) :]
             start = rows[0][SEQ]
+        reused = _reused(memo.source, rows, start)
+        if reused:
+            tokens = memo.source[4] + sum(r[TOKENS] for r in rows[reused:])  # type: ignore[index]
+        else:
+            tokens = sum(r[TOKENS] for r in rows if r[SEQ] >= start)
         scale = float(state.get("token_scale", 1.0))
         budget = input_limit(self.settings.llm.model, self.settings.llm.input_limit)
         budget -= self._profile_tokens(key)
         budget = max(256, budget)
-        if sum(r[TOKENS] for r in rows if r[SEQ] >= start) * scale > budget:
+        if tokens * scale > budget:
             # over budget (an upper bound of the sum below): choose a new start
             sized = [(r[SEQ], int(r[TOKENS] * scale)) for r in rows]
-            start = P.choose_window(sized, start, budget)
-        turns = [
-            P.Turn(
-                r[SEQ],
-                r[AUTHOR_ID],
-                r[AUTHOR_NAME],
-                r[TEXT],
-                r[CHARACTER] == key,
-                r[CHARACTER],
+            moved = P.choose_window(sized, start, budget)
+            if moved != start:
+                start, reused = moved, 0
+                tokens = sum(r[TOKENS] for r in rows if r[SEQ] >= start)
+        return rows, start, reused, tokens
+
+    def _prompt(
+        self,
+        key: str,
+        rows: list[Line],
+        start: int,
+        reused: int,
+        memo: P.Rendered,
+        *,
+        direct: bool,
+        notes: list[str],
+        after: int | None,
+    ) -> list[P.Msg]:
+        """The request's messages; only lines the memo has not seen are rendered when it can.
+
+        `after`: with long-term memory, only turns after this seq are sent.
+        """
+        persona, reserved = self._persona(key)
+        messages = None
+        if reused and after is None:
+            messages = P.extend_messages(
+                persona,
+                [_turn(r, key) for r in rows[reused:]],
+                direct=direct,
+                supplements=notes,
+                reserved_names=reserved,
+                memo=memo,
             )
-            for r in rows
-            if r[SEQ] >= start
-        ]
-        return turns, start
+        if messages is None:
+            turns = [
+                _turn(r, key) for r in rows if r[SEQ] >= start and (after is None or r[SEQ] > after)
+            ]
+            messages = P.build_messages(
+                persona,
+                turns,
+                direct=direct,
+                supplements=notes,
+                reserved_names=reserved,
+                include_system=after is None,
+                memo=memo,
+            )
+        return messages
 
     async def _speak(
         self,
@@ -644,26 +705,20 @@ class Engine:
         before = dict(state)
         # the mark goes to the store first (a crash after the reply then never answers twice);
         # the transcript read rides in the same batch, so both cost one round trip
-        _, (turns, start) = await asyncio.gather(
+        memo = self._memo(channel.key, key)
+        _, (rows, start, reused, window_tokens) = await asyncio.gather(
             self._save(channel, key, {**before, "answering": top}),
-            self._transcript(actor, key, state),
+            self._transcript(actor, key, state, memo),
         )
-        persona, reserved = self._persona(key)
         notes = list(meta.get("notes", []))
         memory = ch.memory.enable_long_term_memory
-        if memory:
-            sent_upto = int(state.get("memory_sent_seq", 0))
-            turns = [t for t in turns if t.seq > sent_upto]
-        memo = self._memo(channel.key, key)
-        messages = P.build_messages(
-            persona,
-            turns,
-            direct=channel.direct,
-            supplements=notes,
-            reserved_names=reserved,
-            include_system=not memory,
-            memo=memo,
+        after = int(state.get("memory_sent_seq", 0)) if memory else None
+        memo.source = None  # a failure half-way must not leave a memo that vouches for itself
+        messages = self._prompt(
+            key, rows, start, reused, memo, direct=channel.direct, notes=notes, after=after
         )
+        if rows:
+            memo.source = (rows[0], rows[-1], len(rows), start, window_tokens)
         self._memo_settled(memo)
         gen = ch.generation
         seed = gen.seed

@@ -42,23 +42,28 @@ def partial(name: str) -> Msg:
     return {"role": "assistant", "content": f"{name}:", "partial": True}
 
 
-def _oldest_unanswered(turns: Sequence[Turn]) -> int | None:
-    """Index of the first turn by someone else after the character's last own turn."""
-    last_own = max((i for i, t in enumerate(turns) if t.own), default=-1)
-    for i in range(last_own + 1, len(turns)):
-        if not turns[i].own:
-            return i
-    return None
-
-
 class Rendered:
     """The turns one (channel, character) prompt was last built from, for the next to reuse.
 
     Consecutive prompts repeat almost all their turns; a turn is rendered again only when its
     text changed or the speakers' names did (a newcomer can change how others are quoted).
+    When the caller knows only turns were added (`extend_messages`), nothing old is looked at.
     """
 
-    __slots__ = ("estimate", "index", "key", "known", "names", "rendered", "size")
+    __slots__ = (
+        "body",
+        "chars",
+        "estimate",
+        "index",
+        "key",
+        "known",
+        "last_own",
+        "names",
+        "rendered",
+        "size",
+        "source",
+        "tokens",
+    )
 
     def __init__(self) -> None:
         self.key: tuple[Any, ...] | None = None
@@ -68,8 +73,13 @@ class Rendered:
         # none of which the garbage collector has to visit
         self.index: dict[int, int] = {}
         self.rendered: tuple[tuple[str, str, str, int], ...] = ()  # text, role, content, tokens
+        self.body: tuple[Msg, ...] = ()  # the turns' messages (dicts of strings: untracked)
+        self.last_own = -1  # position of the character's own last turn in `body`
+        self.chars = 0  # characters of turn text in `rendered`
+        self.tokens = 0  # estimate_tokens summed over `body`
         self.size = 0  # roughly the bytes it holds
         self.estimate = 0  # estimate_tokens summed over the contents of the last array built
+        self.source: tuple[Any, ...] | None = None  # what the caller built it from, for its checks
 
     def settle(
         self,
@@ -78,13 +88,15 @@ class Rendered:
         known: frozenset[str],
         index: dict[int, int],
         rendered: list[tuple[str, str, str, int]],
+        body: list[Msg],
+        last_own: int,
         chars: int,
-        estimate: int,
+        tokens: int,
     ) -> None:
         self.key, self.names, self.known = key, names, known
-        self.index, self.rendered = index, tuple(rendered)
+        self.index, self.rendered, self.body = index, tuple(rendered), tuple(body)
+        self.last_own, self.chars, self.tokens = last_own, chars, tokens
         self.size = 2 * chars + TURN_OVERHEAD * len(rendered)
-        self.estimate = estimate
 
 
 def build_messages(
@@ -127,32 +139,107 @@ def build_messages(
     rendered: list[tuple[str, str, str, int]] = []
     body: list[Msg] = []
     chars = tokens = 0
+    last_own = -1
     for turn in turns:
         at = index.get(turn.seq)
         hit = before[at] if at is not None else None
         if hit is not None and hit[0] == turn.text:
             role, text = hit[1], hit[2]
         else:
-            content = neutralize_content(turn.text, known)
-            if turn.own:
-                role, text = "assistant", content if direct else f"{persona.name}: {content}"
-            else:
-                role, text = "user", content if direct else f"{names[turn.speaker_id]}: {content}"
-            hit = (turn.text, role, text, estimate_tokens(text))
+            hit = _render(persona, turn, names, known, direct)
+            role, text = hit[1], hit[2]
         new_index[turn.seq] = len(rendered)
         rendered.append(hit)
+        if turn.own:
+            last_own = len(body)
         body.append({"role": role, "content": text})
         chars += len(turn.text)
         tokens += hit[3]
-    notes = [{"role": "system", "content": s} for s in supplements if s.strip()]
-    anchor = _oldest_unanswered(turns)
-    if anchor is None:
-        body.extend(notes)
-    else:
-        body[anchor:anchor] = notes
-    messages: list[Msg] = [{"role": "system", "content": persona.profile}] if include_system else []
-    messages.extend(body)
+    if memo is not None:
+        memo.settle(key, names, known, new_index, rendered, body, last_own, chars, tokens)
+    # everything after the character's own last turn is unanswered
+    anchor = last_own + 1 if last_own + 1 < len(body) else None
     ends_partial = not direct or not turns or turns[-1].own
+    return _assemble(persona, body, anchor, ends_partial, supplements, include_system, memo)
+
+
+def extend_messages(
+    persona: Persona,
+    new_turns: Sequence[Turn],
+    *,
+    direct: bool,
+    supplements: Sequence[str] = (),
+    reserved_names: Sequence[str] = (),
+    include_system: bool = True,
+    memo: Rendered,
+) -> list[Msg] | None:
+    """`build_messages` for the memo's turns followed by `new_turns`, rendering only the new.
+
+    The caller vouches that the memo's turns are unchanged. None when the memo cannot say
+    (built for other names or mode, or a new speaker, whose name may change others').
+    """
+    key = memo.key
+    if key is None or key[0] != (persona.name, *persona.aliases):
+        return None
+    if key[1] != tuple(reserved_names) or key[2] != direct:
+        return None
+    speakers = key[3]
+    new = [t for t in new_turns if t.text.strip()]
+    if any(not t.own and t.speaker_id not in speakers for t in new):
+        return None
+    names, known = memo.names, memo.known
+    index = memo.index
+    rendered = list(memo.rendered)
+    body = list(memo.body)
+    chars, tokens, last_own = memo.chars, memo.tokens, memo.last_own
+    for turn in new:
+        hit = _render(persona, turn, names, known, direct)
+        index[turn.seq] = len(rendered)
+        rendered.append(hit)
+        if turn.own:
+            last_own = len(body)
+        body.append({"role": hit[1], "content": hit[2]})
+        chars += len(turn.text)
+        tokens += hit[3]
+    memo.rendered, memo.body = tuple(rendered), tuple(body)
+    memo.chars, memo.tokens, memo.last_own = chars, tokens, last_own
+    memo.size = 2 * chars + TURN_OVERHEAD * len(rendered)
+    anchor = last_own + 1 if last_own + 1 < len(body) else None
+    ends_partial = not direct or not body or last_own == len(body) - 1
+    return _assemble(persona, body, anchor, ends_partial, supplements, include_system, memo)
+
+
+def _render(
+    persona: Persona, turn: Turn, names: dict[str, str], known: frozenset[str], direct: bool
+) -> tuple[str, str, str, int]:
+    """(text, role, content, tokens) of one turn."""
+    content = neutralize_content(turn.text, known)
+    if turn.own:
+        role, text = "assistant", content if direct else f"{persona.name}: {content}"
+    else:
+        role, text = "user", content if direct else f"{names[turn.speaker_id]}: {content}"
+    return turn.text, role, text, estimate_tokens(text)
+
+
+def _assemble(
+    persona: Persona,
+    body: list[Msg],
+    anchor: int | None,
+    ends_partial: bool,
+    supplements: Sequence[str],
+    include_system: bool,
+    memo: Rendered | None,
+) -> list[Msg]:
+    """Profile, turns with the notes before `anchor` (the oldest unanswered), then the partial."""
+    notes = [{"role": "system", "content": s} for s in supplements if s.strip()]
+    messages: list[Msg] = [{"role": "system", "content": persona.profile}] if include_system else []
+    if anchor is None:
+        messages.extend(body)
+        messages.extend(notes)
+    else:
+        messages.extend(body[:anchor])
+        messages.extend(notes)
+        messages.extend(body[anchor:])
     if ends_partial:
         messages.append(partial(persona.name))
     if memo is not None:
@@ -161,8 +248,7 @@ def build_messages(
             extra.append(messages[0])
         if ends_partial:
             extra.append(messages[-1])
-        tokens += sum(estimate_tokens(str(m["content"])) for m in extra)
-        memo.settle(key, names, known, new_index, rendered, chars, tokens)
+        memo.estimate = memo.tokens + sum(estimate_tokens(str(m["content"])) for m in extra)
     return messages
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from core.clock import VirtualClock
 from core.engine import build_engine
-from core.types import Channel, Message, Outgoing, Participant, Sent
+from core.types import Channel, Delete, Edit, Message, Outgoing, Participant, Sent
 from tests.adapters.test_console_golden import variant
 from tests.fakes.model_server import FakeModelServer
 
@@ -162,3 +162,31 @@ async def test_every_prefill_dialect_end_to_end(model, settings_for, loud, prefi
         await clock.advance(2, idle=engine.idle)
     assert check(model.requests[0].body)
     assert [o.text for o in rec.sent] == ["echoed name is stripped"]
+
+
+async def test_each_prompt_shows_edits_and_deletions_made_between_replies(
+    model: FakeModelServer, settings_for, loud
+) -> None:
+    """Replies after the first render only new lines; an edit or a deletion must still show."""
+    settings = settings_for(model)
+    clock = VirtualClock()
+    rec = Recorder(clock)
+    async with build_engine(settings, [loud], clock=clock, rng=random.Random(1)) as engine:
+
+        async def say(n: int, text: str) -> None:
+            await engine.receive(said(n, text, addressed=frozenset({"lu"})), via="lu", sender=rec)
+            await clock.advance(30, idle=engine.idle)  # past the per-user rate limit
+            await engine.idle()
+
+        await say(1, "I like tea")
+        await say(2, "and cake")
+        await engine.receive(Edit(GROUP, "in-1", "I like coffee", 5.0), via="lu", sender=rec)
+        await say(3, "what now?")
+        await engine.receive(Delete(GROUP, "in-2"), via="lu", sender=rec)
+        await say(4, "and now?")
+    bodies = [r.body["messages"] for r in model.requests]
+    assert len(bodies) == 4
+    assert bodies[1][: len(bodies[0]) - 1] == bodies[0][:-1]  # the second only added lines
+    assert {"role": "user", "content": "Ann: I like coffee"} in bodies[2]
+    assert "tea" not in str(bodies[2]) and "Ann: and cake" in str(bodies[2])
+    assert "cake" not in str(bodies[3]) and "Ann: and now?" in str(bodies[3])

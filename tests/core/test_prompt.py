@@ -8,7 +8,15 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.prompt import Persona, Rendered, Turn, build_messages, choose_window, estimate_tokens
+from core.prompt import (
+    Persona,
+    Rendered,
+    Turn,
+    build_messages,
+    choose_window,
+    estimate_tokens,
+    extend_messages,
+)
 from tests import golden
 
 LU = Persona("Ling Lu", golden.LING_LU_PROFILE, ("凌露", "Lu"))
@@ -139,3 +147,65 @@ def test_a_memo_changes_nothing_in_what_is_built() -> None:
     gc.collect()
     gc.collect()  # the first pass untracks the inner tuples, the second the outer one
     assert memo.size > 0 and not gc.is_tracked(memo.rendered)
+
+
+SPEAKERS = st.sampled_from(["Ann", "Bob", "Ling Lu", "Lu", "Mo"])
+TURNS = st.lists(
+    st.tuples(
+        SPEAKERS, st.sampled_from(["hi", "", "  ", "Ann: forged", "凌露：你好", "ok\nBob: x"])
+    ),
+    max_size=14,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    turns=TURNS,
+    cuts=st.lists(st.integers(0, 14), min_size=1, max_size=3),
+    direct=st.booleans(),
+    notes=st.sampled_from([(), ("a note",), ("", "two")]),
+    system=st.booleans(),
+)
+def test_extending_a_memo_builds_what_a_fresh_build_does(
+    turns: list[tuple[str, str]],
+    cuts: list[int],
+    direct: bool,
+    notes: tuple[str, ...],
+    system: bool,
+) -> None:
+    """Added turns rendered alone must give the array built from scratch, or say they cannot."""
+    full = [
+        Turn(i + 1, f"id:{who}", who, text, who == "Ling Lu", "lu" if who == "Ling Lu" else None)
+        for i, (who, text) in enumerate(turns)
+    ]
+    kw = {
+        "direct": direct,
+        "supplements": notes,
+        "reserved_names": ("Mo",),
+        "include_system": system,
+    }
+    memo = Rendered()
+    done, built = 0, False
+    for cut in sorted(cuts):
+        cut = min(cut, len(full))
+        fresh = build_messages(LU, full[:cut], **kw)  # type: ignore[arg-type]
+        extended = (
+            extend_messages(LU, full[done:cut], memo=memo, **kw)  # type: ignore[arg-type]
+            if built
+            else None
+        )
+        if extended is None:  # never built, or a newcomer: the memo is rebuilt
+            extended = build_messages(LU, full[:cut], memo=memo, **kw)  # type: ignore[arg-type]
+        assert extended == fresh
+        assert memo.estimate == sum(estimate_tokens(m["content"]) for m in fresh)
+        done, built = cut, True
+
+
+def test_extending_refuses_a_newcomer_and_another_mode() -> None:
+    memo = Rendered()
+    base = [t(1, "Ann", "hi"), t(2, "Ling Lu", "hey", True)]
+    build_messages(LU, base, direct=False, memo=memo)
+    assert extend_messages(LU, [t(3, "Bob", "who?")], direct=False, memo=memo) is None
+    assert extend_messages(LU, [t(3, "Ann", "me")], direct=True, memo=memo) is None
+    grown = extend_messages(LU, [t(3, "Ann", "me")], direct=False, memo=memo)
+    assert grown == build_messages(LU, [*base, t(3, "Ann", "me")], direct=False)
