@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -60,7 +61,7 @@ decisions_log = logging.getLogger("salon.decision")
 
 POLICY_WINDOW = 40
 TYPING_EVERY_S = 4.0
-FLUSH_EVERY_S = 1.0
+FLUSH_EVERY_S = 5.0
 FLUSH_SLICE = 64
 CHANNEL = ""  # state key for channel-wide state (notes, direct flag)
 COMMANDS = ("reset", "regen", "why", "stats", "mute", "unmute", "help")
@@ -88,7 +89,20 @@ class _Actor:
 
 
 def _day(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+    """The UTC day of `ts` as YYYY-MM-DD (formatted once per day, not once per reply)."""
+    return _day_name(int(ts // 86_400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+
+
+@functools.lru_cache(maxsize=4096)
+def _session_id(channel_key: str, key: str, epoch: int) -> str:
+    """The provider's session cache key: stable per (channel, character) until /reset."""
+    digest = hashlib.sha1(f"{channel_key}|{key}|{epoch}".encode()).hexdigest()[:24]
+    return f"salon-{digest}"
 
 
 def _turn(r: Line, key: str) -> P.Turn:
@@ -735,7 +749,7 @@ class Engine:
                 n=gen.n,
                 logit_bias=ch.logit_bias(),
             ),
-            session_id=self._session_id(channel, key, int(state.get("epoch", 0))),
+            session_id=_session_id(channel.key, key, int(state.get("epoch", 0))),
             character_options=self._memory_options(ch) if memory else None,
             speaker=ch.name,
         )
@@ -896,11 +910,6 @@ class Engine:
             )
             ids.append(sent.id)
         return ids
-
-    @staticmethod
-    def _session_id(channel: Channel, key: str, epoch: int) -> str:
-        digest = hashlib.sha1(f"{channel.key}|{key}|{epoch}".encode()).hexdigest()[:24]
-        return f"salon-{digest}"
 
     @staticmethod
     def _memory_options(ch: Character) -> dict[str, Any]:
