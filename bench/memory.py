@@ -90,13 +90,13 @@ async def _floor_child(root: Path, channels: int, per_channel: int) -> dict[str,
     import aiosqlite
 
     from bench.pipeline import _INSERT, FLOOR_BATCH, _row, workload
-    from core.sqlite_store import MIGRATIONS
+    from core.sqlite_store import SCHEMA
 
     db = await aiosqlite.connect(str(root / "floor.db"), isolation_level=None)
     try:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
-        for statement in MIGRATIONS[0]:
+        for statement in SCHEMA:
             await db.execute(statement)
         warmup = warmup_channels(channels)
         warm = [_row(m) for m in workload(warmup, range(per_channel), 0.1, 3, "w")]

@@ -191,6 +191,6 @@ class MemoryStore:
         await asyncio.sleep(0)
         found: list[tuple[int, str, str]] = []
         for (p, channel_id), rows in self._rows.items():
-            if p == platform and rows and any(r.at >= since for r in rows):
+            if p == platform and rows and rows[-1].at >= since:
                 found.append((rows[-1].seq, channel_id, rows[-1].msg_id))
         return [(channel_id, msg_id) for _, channel_id, msg_id in sorted(found, reverse=True)]

@@ -39,7 +39,7 @@ from bench.common import (
 )
 from core.clock import RealClock
 from core.engine import Engine
-from core.sqlite_store import MIGRATIONS, SqliteStore
+from core.sqlite_store import SCHEMA, SqliteStore
 from core.store import Store
 from core.types import Channel, Message, Outgoing
 
@@ -305,7 +305,7 @@ async def storage_floor(path: Path, messages: Sequence[Message], mode: str) -> f
     try:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
-        for statement in MIGRATIONS[0]:
+        for statement in SCHEMA:
             await db.execute(statement)
         started = time.perf_counter()
         if mode == "autocommit":

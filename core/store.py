@@ -138,7 +138,8 @@ class Store(Protocol):
     async def set_kv(self, key: str, value: str) -> None: ...
 
     async def active_channels(self, platform: str, since: float) -> list[tuple[str, str]]:
-        """(channel id, newest message id) of the platform's channels with a message at >= since.
+        """(channel id, newest message id) of the platform's channels whose newest message is
+        at >= since.
 
         Newest first; the newest message counts even when deleted (it marks what was seen).
         """

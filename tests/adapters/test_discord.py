@@ -461,7 +461,9 @@ async def test_a_reply_stored_while_the_gateway_was_down_hides_no_missed_message
     await store.open()
     author = Participant(str(jiang.id), "Jiang Rang", is_bot=True, character="jiang_rang")
     channel = Channel("discord", str(world.general.id))
-    await store.add_message(Message(channel, late["id"], author, late["content"], 0.0))
+    await store.add_message(
+        Message(channel, late["id"], author, late["content"], world.clock.now())
+    )
     await store.close()
     async with online(world, "jiang_rang") as run:
         assert (await run.stored(world.general, missed)).addressed == frozenset({"jiang_rang"})

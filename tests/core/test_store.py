@@ -279,7 +279,7 @@ async def test_active_channels_report_newest_message(store: SqliteStore) -> None
     await store.add_message(msg("200", channel=d2, at=T0 + 50))
     await store.add_message(msg("300", channel=d3, at=T0 - 1000))
     await store.add_message(msg("900", channel=Channel("telegram", "1"), at=T0 + 100))
-    await store.add_message(msg("102", channel=d1, at=T0 + 10))
+    await store.add_message(msg("102", channel=d1, at=T0 + 110))
     await store.delete_message(d1, "102")
 
     assert await store.active_channels("discord", T0) == [("1", "102"), ("2", "200")]
@@ -402,9 +402,37 @@ async def test_pending_migrations_run_in_order_and_keep_data(
     async with SqliteStore(path):
         pass
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_store.MIGRATIONS)
         assert raw.execute("SELECT body FROM notes").fetchall() == [("kept",)]
     raw.close()
+
+
+async def test_a_version_one_database_is_upgraded_with_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    raw = sqlite3.connect(path)
+    for statement in sqlite_store.MIGRATIONS[0]:
+        raw.execute(statement)
+    raw.executemany(
+        "INSERT INTO messages (platform, channel_id, msg_id, author_id, author_name, "
+        "author_is_bot, text, at, addressed) "
+        "VALUES ('console', 'room', ?, 'u', 'Ann', 0, ?, ?, '[]')",
+        [("m1", "first", T0), ("m2", "second", T0 + 1)],
+    )
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    async with SqliteStore(path) as db:
+        assert [(m.seq, m.text) for m in await db.recent(ROOM)] == [(1, "first"), (2, "second")]
+        third = await db.add_message(msg("m3", "third"))
+        assert third.record.seq == 3
+        assert await db.active_channels("console", T0) == [("room", "m3")]
+    with sqlite3.connect(path) as raw:
+        sql = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
+        names = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+        counters = raw.execute("SELECT name FROM sqlite_sequence").fetchall()
+    raw.close()
+    assert "AUTOINCREMENT" not in sql and "messages_at" not in names and counters == []
+    assert {"messages_key", "messages_recent"} <= names
 
 
 async def test_failed_migration_leaves_the_database_untouched(
@@ -419,7 +447,7 @@ async def test_failed_migration_leaves_the_database_untouched(
         await SqliteStore(path).open()
     assert_one_line_error(caught.value, path, "missing_table")
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_store.MIGRATIONS) - 1
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
     raw.close()
     assert "half" not in tables
