@@ -717,13 +717,12 @@ class Engine:
             state["regen_count"] = int(state.get("regen_count", 0)) + 1
         state.pop("answering", None)
         before = dict(state)
-        # the mark goes to the store first (a crash after the reply then never answers twice);
-        # the transcript read rides in the same batch, so both cost one round trip
         memo = self._memo(channel.key, key)
-        _, (rows, start, reused, window_tokens) = await asyncio.gather(
-            self._save(channel, key, {**before, "answering": top}),
-            self._transcript(actor, key, state, memo),
-        )
+        # from memory, without a round trip, unless the channel was not cached
+        rows, start, reused, window_tokens = await self._transcript(actor, key, state, memo)
+        # the mark is stored before the model is asked (a crash after the reply then never
+        # answers twice)
+        await self._save(channel, key, {**before, "answering": top})
         notes = list(meta.get("notes", []))
         memory = ch.memory.enable_long_term_memory
         after = int(state.get("memory_sent_seq", 0)) if memory else None
@@ -885,10 +884,10 @@ class Engine:
     def _profile_tokens(self, key: str) -> int:
         return P.estimate_tokens(self.characters[key].profile) + 64
 
-    def _other_names(self, rows: list[Line], key: str) -> list[str]:
+    def _other_names(self, rows: list[Line], key: str) -> tuple[str, ...]:
         names = {r[AUTHOR_NAME] for r in rows if r[CHARACTER] != key}
         names.update(c.name for k, c in self.characters.items() if k != key)
-        return sorted(names)
+        return tuple(sorted(names))
 
     async def _keep_typing(self, sender: Sender, channel: Channel) -> None:
         while True:

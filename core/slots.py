@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 
 class PrioritySlots:
@@ -21,13 +20,9 @@ class PrioritySlots:
     def waiting(self) -> int:
         return sum(1 for _, _, f in self._waiters if not f.done())
 
-    @asynccontextmanager
-    async def hold(self, priority: int = 0) -> AsyncIterator[None]:
-        await self._acquire(priority)
-        try:
-            yield
-        finally:
-            self._release()
+    def hold(self, priority: int = 0) -> _Hold:
+        """`async with slots.hold(priority):` runs its body in a slot."""
+        return _Hold(self, priority)
 
     async def _acquire(self, priority: int) -> None:
         if self._free > 0 and not self.waiting:
@@ -49,3 +44,23 @@ class PrioritySlots:
                 fut.set_result(None)
                 return
         self._free += 1
+
+
+class _Hold:
+    """The context manager of `PrioritySlots.hold` (a class: a generator-based one costs more)."""
+
+    __slots__ = ("_priority", "_slots")
+
+    def __init__(self, slots: PrioritySlots, priority: int) -> None:
+        self._slots, self._priority = slots, priority
+
+    async def __aenter__(self) -> None:
+        await self._slots._acquire(self._priority)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._slots._release()

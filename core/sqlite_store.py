@@ -130,7 +130,7 @@ _STATE_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # one, not 
 
 def _encode_addressed(addressed: Iterable[str]) -> str:
     names = sorted(addressed)
-    return json.dumps(names, ensure_ascii=False) if names else _NOBODY
+    return _STATE_JSON.encode(names) if names else _NOBODY  # json.dumps(...) builds an encoder
 
 
 def _decode_addressed(encoded: str) -> frozenset[str]:

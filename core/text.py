@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -26,14 +27,20 @@ def _speaker_prefix(line: str) -> str | None:
     return m.group(1) if m else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _name_keys(names: tuple[str, ...]) -> frozenset[str]:
+    """The comparison forms of a set of names (a channel's speakers repeat from reply to reply)."""
+    return frozenset(canonical_name(n) for n in names if n.strip())
+
+
 def clean_reply(raw: str, own_names: Sequence[str], other_names: Iterable[str]) -> str:
     """Turn the model's continuation of `"Name:"` into the text to post ("" = post nothing).
 
     Strips an echoed own name, cuts where the model starts speaking for someone else, and
     removes trailing chat-template tokens.
     """
-    own = {canonical_name(n) for n in own_names if n.strip()}
-    others = {canonical_name(n) for n in other_names if n.strip()} - own
+    own = _name_keys(tuple(own_names))
+    others = _name_keys(tuple(other_names)) - own
     text = clean_text(raw)
     text = _TRAILING_TEMPLATE.sub("", text).strip()
     kept: list[str] = []
