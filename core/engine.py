@@ -214,8 +214,10 @@ class Engine:
     def _defer(self, channel: Channel, key: str) -> None:
         """The cached state changed: write it within FLUSH_EVERY_S.
 
-        Only silent decisions are deferred: losing one in a crash means a chatter roll is made
-        again after the restart, never an addressed message answered twice or not at all.
+        Only silent decisions and what follows a posted reply are deferred: losing one in a
+        crash means a chatter roll is made again after the restart, or a cooldown is forgotten,
+        never an addressed message answered twice or not at all (the answering mark written
+        before the model is asked, with the stored reply, marks it handled).
         """
         if not self._dirty:
             asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self._spawn_flush)
@@ -792,7 +794,9 @@ class Engine:
         state["last_posted"] = posted
         if memory:
             state["memory_sent_seq"] = await self._last_seq(channel)
-        await self._save(channel, key, state)
+        # deferred: the stored answering mark and the stored reply already say what was answered
+        actor.states[key] = state
+        self._defer(channel, key)
         return True
 
     async def _generate(
