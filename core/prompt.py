@@ -51,7 +51,6 @@ class Rendered:
     """
 
     __slots__ = (
-        "body",
         "chars",
         "estimate",
         "index",
@@ -73,10 +72,9 @@ class Rendered:
         # none of which the garbage collector has to visit
         self.index: dict[int, int] = {}
         self.rendered: tuple[tuple[str, str, str, int], ...] = ()  # text, role, content, tokens
-        self.body: tuple[Msg, ...] = ()  # the turns' messages (dicts of strings: untracked)
-        self.last_own = -1  # position of the character's own last turn in `body`
+        self.last_own = -1  # position of the character's own last turn in `rendered`
         self.chars = 0  # characters of turn text in `rendered`
-        self.tokens = 0  # estimate_tokens summed over `body`
+        self.tokens = 0  # estimate_tokens summed over the turns in `rendered`
         self.size = 0  # roughly the bytes it holds
         self.estimate = 0  # estimate_tokens summed over the contents of the last array built
         self.source: tuple[Any, ...] | None = None  # what the caller built it from, for its checks
@@ -88,13 +86,12 @@ class Rendered:
         known: frozenset[str],
         index: dict[int, int],
         rendered: list[tuple[str, str, str, int]],
-        body: list[Msg],
         last_own: int,
         chars: int,
         tokens: int,
     ) -> None:
         self.key, self.names, self.known = key, names, known
-        self.index, self.rendered, self.body = index, tuple(rendered), tuple(body)
+        self.index, self.rendered = index, tuple(rendered)
         self.last_own, self.chars, self.tokens = last_own, chars, tokens
         self.size = 2 * chars + TURN_OVERHEAD * len(rendered)
 
@@ -156,7 +153,7 @@ def build_messages(
         chars += len(turn.text)
         tokens += hit[3]
     if memo is not None:
-        memo.settle(key, names, known, new_index, rendered, body, last_own, chars, tokens)
+        memo.settle(key, names, known, new_index, rendered, last_own, chars, tokens)
     # everything after the character's own last turn is unanswered
     anchor = last_own + 1 if last_own + 1 < len(body) else None
     ends_partial = not direct or not turns or turns[-1].own
@@ -190,18 +187,19 @@ def extend_messages(
     names, known = memo.names, memo.known
     index = memo.index
     rendered = list(memo.rendered)
-    body = list(memo.body)
     chars, tokens, last_own = memo.chars, memo.tokens, memo.last_own
     for turn in new:
         hit = _render(persona, turn, names, known, direct)
         index[turn.seq] = len(rendered)
-        rendered.append(hit)
         if turn.own:
-            last_own = len(body)
-        body.append({"role": hit[1], "content": hit[2]})
+            last_own = len(rendered)
+        rendered.append(hit)
         chars += len(turn.text)
         tokens += hit[3]
-    memo.rendered, memo.body = tuple(rendered), tuple(body)
+    # kept as tuples of strings: a tuple of dicts is never untracked, and a thousand remembered
+    # prompts of dicts made each full collection visit every turn (10-20 ms, measured)
+    memo.rendered = tuple(rendered)
+    body = [{"role": r[1], "content": r[2]} for r in rendered]
     memo.chars, memo.tokens, memo.last_own = chars, tokens, last_own
     memo.size = 2 * chars + TURN_OVERHEAD * len(rendered)
     anchor = last_own + 1 if last_own + 1 < len(body) else None
