@@ -23,7 +23,6 @@ from core.types import Channel, Message
 T = TypeVar("T")
 
 MEMORY = ":memory:"
-PAGE_CACHE_KB = 32 * 1024  # SQLite page cache (default 2 MB); it fills only as pages are read
 
 # Ordered schema migrations; migration N (1-based) brings `PRAGMA user_version` from N-1 to N.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -307,9 +306,6 @@ class SqliteStore:
             db.execute("PRAGMA journal_size_limit=-1")  # the checkpointer empties the log
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
-        # the index pages of a thousand busy channels outgrow SQLite's default 2 MB page cache:
-        # every miss is a read from the file (3-4 per message, measured)
-        db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KB}")
 
     def _check_integrity(self, db: sqlite3.Connection) -> None:
         """`PRAGMA quick_check` at start-up: a damaged file is one clear error now, not a
