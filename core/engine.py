@@ -152,6 +152,7 @@ class Engine:
         self._clock_waits = 0
         self._dirty: set[tuple[str, str]] = set()
         self._knob_cache: dict[str, Knobs] = {}
+        self._name_cache: dict[str, tuple[str, ...]] = {}
         self._personas: dict[str, tuple[P.Persona, tuple[str, ...]]] = {}
         self._virtual = isinstance(self.clock, VirtualClock)
         self._rows = RowCache(
@@ -189,6 +190,14 @@ class Engine:
         if cached is None:
             cached = actor.states[key] = await self.store.get_state(channel, key)
         return dict(cached) if copy else cached
+
+    def _names(self, key: str) -> tuple[str, ...]:
+        """The character's name and aliases (one tuple per character, not one per decision)."""
+        names = self._name_cache.get(key)
+        if names is None:
+            ch = self.characters[key]
+            names = self._name_cache[key] = (ch.name, *ch.aliases)
+        return names
 
     def _knobs(self, key: str) -> Knobs:
         knobs = self._knob_cache.get(key)
@@ -469,10 +478,9 @@ class Engine:
         ):
             # the reply was stored but a crash kept its state from being saved
             handled = max(handled, int(answering))
-        ch = self.characters[key]
         return Candidate(
             key,
-            (ch.name, *ch.aliases),
+            self._names(key),
             self._knobs(key),
             handled,
             state.get("last_spoke_at"),
@@ -812,7 +820,6 @@ class Engine:
         priority: int = 0,
     ) -> list[str] | None:
         """Ask the model (typing shown meanwhile); None on a fault, [] when nothing is usable."""
-        ch = self.characters[key]
         sender = actor.senders[key]
         typing = asyncio.get_running_loop().create_task(self._keep_typing(sender, actor.channel))
         try:
@@ -847,7 +854,7 @@ class Engine:
         if result.prompt_tokens > 0 and estimated > 0:
             old = float(state.get("token_scale", 1.0))
             state["token_scale"] = round(0.5 * old + 0.5 * (result.prompt_tokens / estimated), 4)
-        own = (ch.name, *ch.aliases)
+        own = self._names(key)
         others = self._other_names(await self._recent(actor), key)
         texts = [t for t in (clean_reply(c, own, others) for c in result.candidates) if t]
         if not texts:

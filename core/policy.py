@@ -109,7 +109,7 @@ def decide(
     wake: list[float] = []
     looping = _loop_guard(recent, loop_limit)
     last = recent[-1] if recent else None
-    for c in sorted(candidates, key=lambda c: c.key):
+    for c in candidates if len(candidates) < 2 else sorted(candidates, key=lambda c: c.key):
         pending = [m for m in _after(recent, c.handled_seq) if m[CHARACTER] != c.key]
         if c.blocked:
             why[c.key] = f"silent: {c.blocked}"

@@ -71,6 +71,7 @@ class Batcher:
         self._db = db
         self.busy_timeout_s = busy_timeout_s
         self._pending: list[_Call] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first call
         self._scheduled = False
         self._busy_since: float | None = None
         self._closing = False
@@ -83,7 +84,9 @@ class Batcher:
         """Queue `fn(connection)`; the future resolves once its batch is committed."""
         if self._closing:
             raise not_open(self._path)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # asking asyncio each time costs a getpid() system call
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Call(fn, write, future))
         if not self._scheduled:
