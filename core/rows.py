@@ -26,54 +26,82 @@ def weight(row: Line) -> int:
 
 
 class _Rows:
-    """One channel's lines, oldest first: a sealed tuple plus a short open tail.
+    """One channel's lines, oldest first: sealed chunks of SEAL lines plus a short open tail.
 
     A tuple of untracked lines is itself untracked, so a full garbage collection visits a few
-    dozen references per channel instead of every cached line (tens of milliseconds at a
-    thousand busy channels). The oldest lines are dropped by moving `skip`; the copy that
-    frees them waits for the next seal.
+    references per channel instead of every cached line (tens of milliseconds at a thousand
+    busy channels). Sealing makes one new tuple of SEAL lines, never a copy of the whole
+    history: a new tuple is tracked until a young collection has looked at it, and copies of
+    hundreds of lines made young collections walk tens of thousands of lines (measured). Only
+    the first chunk may be shorter; the oldest lines are dropped by moving `skip` within it.
     """
 
-    __slots__ = ("sealed", "skip", "tail")
+    __slots__ = ("chunks", "sealed", "skip", "tail")
 
     def __init__(self, rows: Sequence[Line]) -> None:
-        self.sealed: tuple[Line, ...] = tuple(rows)
+        rows = tuple(rows)
+        first = len(rows) % SEAL or min(SEAL, len(rows))
+        self.chunks: tuple[tuple[Line, ...], ...] = tuple(
+            rows[i : i + SEAL] for i in range(first, len(rows), SEAL)
+        )
+        if first:
+            self.chunks = (rows[:first], *self.chunks)
+        self.sealed = len(rows)  # lines in `chunks`, counting the skipped ones
         self.skip = 0
         self.tail: list[Line] = []
 
     def __len__(self) -> int:
-        return len(self.sealed) - self.skip + len(self.tail)
+        return self.sealed - self.skip + len(self.tail)
+
+    def _locate(self, at: int) -> tuple[int, int]:
+        """(chunk, offset) of sealed line `at` (counted from the first chunk's start)."""
+        head = len(self.chunks[0])
+        if at < head:
+            return 0, at
+        at -= head
+        return 1 + at // SEAL, at % SEAL
 
     def __getitem__(self, index: int) -> Line:
         if index < 0:
             index += len(self)
-        head = len(self.sealed) - self.skip
-        return self.sealed[self.skip + index] if index < head else self.tail[index - head]
+        at = self.skip + index
+        if at >= self.sealed:
+            return self.tail[at - self.sealed]
+        chunk, offset = self._locate(at)
+        return self.chunks[chunk][offset]
 
     def since(self, index: int) -> list[Line]:
         """rows[index:] as a new list."""
-        head = len(self.sealed) - self.skip
-        if index >= head:
-            return self.tail[index - head :]
-        return [*self.sealed[self.skip + index :], *self.tail]
+        at = self.skip + index
+        if at >= self.sealed:
+            return self.tail[at - self.sealed :]
+        chunk, offset = self._locate(at)
+        out = list(self.chunks[chunk][offset:])
+        for rest in self.chunks[chunk + 1 :]:
+            out.extend(rest)
+        out.extend(self.tail)
+        return out
 
     def append(self, row: Line) -> None:
         self.tail.append(row)
         if len(self.tail) >= SEAL:
-            self.sealed = self.sealed[self.skip :] + tuple(self.tail)
-            self.skip = 0
+            self.chunks = (*self.chunks, tuple(self.tail))
+            self.sealed += len(self.tail)
             self.tail = []
 
     def drop_front(self, count: int) -> list[Line]:
         """Forget the oldest `count` lines; returns them."""
-        head = len(self.sealed) - self.skip
-        if count <= head:
-            gone = list(self.sealed[self.skip : self.skip + count])
-            self.skip += count
-            return gone
-        gone = [*self.sealed[self.skip :], *self.tail[: count - head]]
-        self.sealed, self.skip = (), 0
-        del self.tail[: count - head]
+        gone = [self[i] for i in range(min(count, len(self)))]
+        left = count
+        while left and self.chunks:
+            first = len(self.chunks[0]) - self.skip
+            if left < first:
+                self.skip += left
+                return gone
+            left -= first
+            self.sealed -= len(self.chunks[0])
+            self.chunks, self.skip = self.chunks[1:], 0
+        del self.tail[:left]
         return gone
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gc
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from core.lines import SEQ, Line, line, make_line
-from core.rows import SEAL, RowCache, weight
+from core.rows import SEAL, RowCache, _Rows, weight
 from core.store import StoredMessage
 
 KEY = "console:room"
@@ -155,15 +158,44 @@ def test_long_runs_cross_seals_and_keep_every_window_right() -> None:
 
 
 def test_sealed_lines_leave_the_collector_little_to_visit() -> None:
-    """All but the open tail sit in one untracked tuple: a full collection skips them."""
+    """All but the open tail sit in untracked tuples: a full collection skips them."""
     cache = RowCache(budget=10**9, per_channel=1000)
     token = cache.begin_load(KEY)
     cache.end_load(KEY, token, 0, 40, [])
     for seq in range(1, 501):
         cache.add(KEY, make_line(seq, "u1", text=f"text {seq}"))
-    gc.collect()
-    gc.collect()
+    for _ in range(4):  # each pass untracks one more level: addressed, line, chunk, chunks
+        gc.collect()
     held = cache._entries[KEY].rows
-    assert held is not None and len(held.tail) < SEAL <= len(held.sealed)
-    assert not gc.is_tracked(held.sealed)
+    assert held is not None and len(held.tail) < SEAL <= held.sealed
+    assert all(len(chunk) == SEAL for chunk in held.chunks[1:])
+    assert not gc.is_tracked(held.chunks)
+    assert not any(gc.is_tracked(chunk) for chunk in held.chunks)
     assert seqs(cache.lookup(KEY, 0, 1000)) == list(range(1, 501))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(0, 3 * SEAL + 5),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(0, 2 * SEAL + 3)), max_size=12),
+)
+def test_chunked_rows_behave_like_a_list(start: int, steps: list[tuple[bool, int]]) -> None:
+    """Appends and drops from the front, through partial first chunks and seals, against a list."""
+    model = rows(*range(1, start + 1))
+    held = _Rows(model)
+    next_seq = start + 1
+    for grow, n in steps:
+        if grow:
+            for _ in range(n):
+                line = make_line(next_seq, "u1", text=f"text {next_seq}")
+                held.append(line)
+                model.append(line)
+                next_seq += 1
+        else:
+            assert held.drop_front(n) == model[:n]
+            del model[:n]
+        assert len(held) == len(model)
+        assert [held[i] for i in range(len(model))] == model
+        assert len(model) == 0 or held[-1] == model[-1]
+        for i in range(0, len(model) + 1, 7):
+            assert held.since(i) == model[i:]
