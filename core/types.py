@@ -28,10 +28,11 @@ class Channel:
     platform: str
     id: str
     direct: bool = False
+    key: str = field(init=False, repr=False, compare=False)
+    """`platform:id`, made once: the engine looks channels up by it several times a message."""
 
-    @property
-    def key(self) -> str:
-        return f"{self.platform}:{self.id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.platform}:{self.id}")
 
 
 @dataclass(frozen=True, slots=True)
