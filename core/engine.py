@@ -110,18 +110,20 @@ def _turn(r: Line, key: str) -> P.Turn:
     return P.Turn(r[SEQ], r[AUTHOR_ID], r[AUTHOR_NAME], r[TEXT], r[CHARACTER] == key, r[CHARACTER])
 
 
-def _reused(source: tuple[Any, ...] | None, rows: list[Line], start: int) -> int:
-    """How many leading `rows` a memo built from `source` has seen unchanged (0: cannot tell).
+def _reused(source: tuple[Any, ...] | None, rows: list[Line], start: int) -> tuple[int, int]:
+    """How many leading `rows` a memo built from `source` has seen unchanged (0: cannot tell),
+    and their token estimate.
 
+    `source` is (first line, last line, line count, window start, tokens) of the last build.
     The message cache never changes a line in place (an edit drops the channel and a load makes
     new tuples), so the same first and last line objects at the same places mean the same lines.
     """
     if source is None or source[3] != start:
-        return 0
-    first, last, count = source[0], source[1], source[2]
+        return 0, 0
+    first, last, count, _, tokens = source
     if len(rows) < count or rows[0] is not first or rows[count - 1] is not last:
-        return 0
-    return int(count)
+        return 0, 0
+    return int(count), int(tokens)
 
 
 class Engine:
@@ -649,9 +651,9 @@ class Engine:
         if len(rows) > limit:
             rows = rows[-(limit // 2) :]
             start = rows[0][SEQ]
-        reused = _reused(memo.source, rows, start)
+        reused, tokens = _reused(memo.source, rows, start)
         if reused:
-            tokens = memo.source[4] + sum(r[TOKENS] for r in rows[reused:])  # type: ignore[index]
+            tokens += sum(r[TOKENS] for r in rows[reused:])
         else:
             tokens = sum(r[TOKENS] for r in rows if r[SEQ] >= start)
         scale = float(state.get("token_scale", 1.0))

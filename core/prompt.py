@@ -59,7 +59,6 @@ class Rendered:
         "last_own",
         "names",
         "rendered",
-        "size",
         "source",
         "tokens",
     )
@@ -75,7 +74,6 @@ class Rendered:
         self.last_own = -1  # position of the character's own last turn in `rendered`
         self.chars = 0  # characters of turn text in `rendered`
         self.tokens = 0  # estimate_tokens summed over the turns in `rendered`
-        self.size = 0  # roughly the bytes it holds
         self.estimate = 0  # estimate_tokens summed over the contents of the last array built
         self.source: tuple[Any, ...] | None = None  # what the caller built it from, for its checks
 
@@ -93,7 +91,11 @@ class Rendered:
         self.key, self.names, self.known = key, names, known
         self.index, self.rendered = index, tuple(rendered)
         self.last_own, self.chars, self.tokens = last_own, chars, tokens
-        self.size = 2 * chars + TURN_OVERHEAD * len(rendered)
+
+    @property
+    def size(self) -> int:
+        """Roughly the bytes it holds."""
+        return 2 * self.chars + TURN_OVERHEAD * len(self.rendered)
 
 
 def build_messages(
@@ -201,7 +203,6 @@ def extend_messages(
     memo.rendered = tuple(rendered)
     body = [{"role": r[1], "content": r[2]} for r in rendered]
     memo.chars, memo.tokens, memo.last_own = chars, tokens, last_own
-    memo.size = 2 * chars + TURN_OVERHEAD * len(rendered)
     anchor = last_own + 1 if last_own + 1 < len(body) else None
     ends_partial = not direct or not body or last_own == len(body) - 1
     return _assemble(persona, body, anchor, ends_partial, supplements, include_system, memo)
