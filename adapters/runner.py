@@ -41,9 +41,11 @@ async def run_adapters(
     """Start every adapter of the config with one shared engine; the exit code.
 
     `freeze_startup` (the `salon run` process) exempts what start-up loaded from the garbage
-    collector's full passes; a host that embeds salon decides that for itself.
+    collector's full passes and makes those passes rarer (`core.collector`); a host that embeds
+    salon decides that for itself.
     """
     from adapters.console import configure_logging
+    from core.collector import tune_collector
     from core.config import resolve_character
     from core.engine import build_engine
 
@@ -89,6 +91,7 @@ async def run_adapters(
             # passes off it (both platforms loaded: ~80,000 objects, ~70 ms a pass, measured)
             gc.collect()
             gc.freeze()
+            tune_collector()
         tasks = [asyncio.create_task(a.run(stop)) for a in adapters]
         stopper = asyncio.create_task(stop.wait())
         try:

@@ -39,6 +39,7 @@ from bench.common import (
     write_setup,
 )
 from core.clock import RealClock
+from core.collector import tune_collector
 from core.engine import Engine
 from core.sqlite_store import SCHEMA, SqliteStore
 from core.store import Store
@@ -335,12 +336,14 @@ async def storage_floor(path: Path, messages: Sequence[Message], mode: str) -> f
 def frozen_workload() -> Iterator[None]:
     """Keep the collector off the harness's pre-built messages (a gateway holds no such list):
     what exists now (the workload, an engine that holds nothing yet) is frozen; everything the
-    engine creates while it runs is collected as in production."""
+    engine creates while it runs is collected as in production, with `salon run`'s settings."""
     gc.collect()
     gc.freeze()
+    old = tune_collector()
     try:
         yield
     finally:
+        gc.set_threshold(*old)
         gc.unfreeze()
 
 
