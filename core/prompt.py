@@ -156,10 +156,7 @@ def build_messages(
         tokens += hit[3]
     if memo is not None:
         memo.settle(key, names, known, new_index, rendered, last_own, chars, tokens)
-    # everything after the character's own last turn is unanswered
-    anchor = last_own + 1 if last_own + 1 < len(body) else None
-    ends_partial = not direct or not turns or turns[-1].own
-    return _assemble(persona, body, anchor, ends_partial, supplements, include_system, memo)
+    return _assemble(persona, body, last_own, direct, supplements, include_system, memo)
 
 
 def extend_messages(
@@ -203,9 +200,7 @@ def extend_messages(
     memo.rendered = tuple(rendered)
     body = [{"role": r[1], "content": r[2]} for r in rendered]
     memo.chars, memo.tokens, memo.last_own = chars, tokens, last_own
-    anchor = last_own + 1 if last_own + 1 < len(body) else None
-    ends_partial = not direct or not body or last_own == len(body) - 1
-    return _assemble(persona, body, anchor, ends_partial, supplements, include_system, memo)
+    return _assemble(persona, body, last_own, direct, supplements, include_system, memo)
 
 
 def _render(
@@ -223,13 +218,19 @@ def _render(
 def _assemble(
     persona: Persona,
     body: list[Msg],
-    anchor: int | None,
-    ends_partial: bool,
+    last_own: int,
+    direct: bool,
     supplements: Sequence[str],
     include_system: bool,
     memo: Rendered | None,
 ) -> list[Msg]:
-    """Profile, turns with the notes before `anchor` (the oldest unanswered), then the partial."""
+    """Profile, turns with the notes before the oldest unanswered one, then the partial.
+
+    Everything after the character's own last turn (`last_own`, -1: none) is unanswered; a
+    group prompt always ends with the partial, a direct one only after the character's turn.
+    """
+    anchor = last_own + 1 if last_own + 1 < len(body) else None
+    ends_partial = not direct or not body or last_own == len(body) - 1
     notes = [{"role": "system", "content": s} for s in supplements if s.strip()]
     messages: list[Msg] = [{"role": "system", "content": persona.profile}] if include_system else []
     if anchor is None:

@@ -10,6 +10,7 @@ from core.sanitize import (
     canonical_name,
     clean_text,
     neutralize_template_tokens,
+    speaker_keys,
     strip_template_tokens,
 )
 
@@ -29,8 +30,8 @@ def _speaker_prefix(line: str) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _name_keys(names: tuple[str, ...]) -> frozenset[str]:
-    """The comparison forms of a set of names (a channel's speakers repeat from reply to reply)."""
-    return frozenset(canonical_name(n) for n in names if n.strip())
+    """`speaker_keys` per set of names (a channel's speakers repeat from reply to reply)."""
+    return speaker_keys(names)
 
 
 def clean_reply(raw: str, own_names: Sequence[str], other_names: Iterable[str]) -> str:
