@@ -328,8 +328,10 @@ class Engine:
                 author = replace(author, is_bot=True, character=known)
                 event = replace(event, author=author)
             # stored first; a newcomer joins with this message as its first to answer
-            record = await self._store_message(self._channel_actor(event.channel), event)
-            actor = await self._actor(event.channel, via, sender, baseline=record.seq - 1)
+            actor = self._channel_actor(event.channel)
+            record = await self._store_message(actor, event)
+            if actor.senders.get(via) is not sender or not actor.meta_saved:
+                actor = await self._actor(event.channel, via, sender, baseline=record.seq - 1)
             if self._decides_at_once(actor):
                 await self._turn_at_once(actor)
             else:
@@ -471,6 +473,18 @@ class Engine:
         blocked = self._stopped(state)
         if blocked is None and self.characters[key].behavior.daily_token_budget > 0:
             blocked = await self._over_budget(key)
+        return self._standing(key, state, recent, blocked)
+
+    def _candidate_now(self, actor: _Actor, key: str, recent: list[Line]) -> Candidate | None:
+        """`_candidate` when nothing needs the store (state cached, no daily budget); else None."""
+        state = actor.states.get(key)
+        if state is None or self.characters[key].behavior.daily_token_budget > 0:
+            return None
+        return self._standing(key, state, recent, self._stopped(state))
+
+    def _standing(
+        self, key: str, state: dict[str, Any], recent: list[Line], blocked: str | None
+    ) -> Candidate:
         if blocked is None:
             blocked = self._rate_limited(key, state, recent)
         handled = int(state.get("handled_seq", 0))
@@ -544,30 +558,44 @@ class Engine:
     def _decides_at_once(self, actor: _Actor) -> bool:
         """No debounce, a real clock and a free channel: decide inside `receive` (no timer or
         task per message); a virtual clock keeps deciding when time moves, as scripts expect."""
+        return self._undelayed(actor) and not actor.lock.locked()
+
+    def _undelayed(self, actor: _Actor) -> bool:
+        """No debounce, a real clock, and no turn armed or queued."""
         return (
             actor.debounce_s <= 0
             and not self._virtual
             and not actor.queued
             and actor.debounce is None
-            and not actor.lock.locked()
         )
 
     async def _turn_at_once(self, actor: _Actor) -> None:
         """`_turn` inside `receive`: a reply, which takes a while, goes on in a task."""
-        await actor.lock.acquire()  # free (checked just before): returns at once
         try:
-            decision, recent = await self._decide(actor)
-        except StoreError as e:
-            actor.lock.release()
-            self._fail(e)
-            return
+            # no lock and no wait when memory holds all it needs: nothing else runs meanwhile
+            done = self._decide_now(actor)
         except Exception:
-            actor.lock.release()
             log.exception("internal error in a channel turn")
             return
-        except BaseException:
-            actor.lock.release()
-            raise
+        if done is not None and done[0].speaker is None:
+            self._schedule_wake(actor, done[0].wake_at)
+            return
+        await actor.lock.acquire()  # free (checked just before): returns at once
+        if done is None:
+            try:
+                done = await self._decide(actor)
+            except StoreError as e:
+                actor.lock.release()
+                self._fail(e)
+                return
+            except Exception:
+                actor.lock.release()
+                log.exception("internal error in a channel turn")
+                return
+            except BaseException:
+                actor.lock.release()
+                raise
+        decision, recent = done
         if decision.speaker is None:
             self._schedule_wake(actor, decision.wake_at)
             actor.lock.release()
@@ -579,24 +607,38 @@ class Engine:
         await actor.lock.acquire()
         actor.queued = False
         try:
-            decision, recent = await self._decide(actor)
+            decision, recent = self._decide_now(actor) or await self._decide(actor)
         except BaseException:
             actor.lock.release()
             raise
         await self._carry_out(actor, decision, recent)
 
     async def _carry_out(self, actor: _Actor, decision: Decision, recent: list[Line]) -> None:
-        """Speak if the decision says so, then let go of the channel (the caller locked it)."""
-        spoke = False
-        try:
-            if decision.speaker is not None and decision.mode is not None:
-                spoke = await self._speak(actor, decision.speaker, decision.mode, recent)
-            self._schedule_wake(actor, decision.wake_at)
-        finally:
-            actor.lock.release()
-        if spoke or decision.speaker is not None:
-            # others may want to answer it, or still be waiting their turn after a failure
-            self._kick(actor)
+        """Speak if the decision says so, then let go of the channel (the caller locked it).
+
+        After a reply (or a failed one) the channel is looked at again: at once, still holding
+        it, when the next turn would have come on the next tick anyway.
+        """
+        while True:
+            spoke = False
+            done = None
+            try:
+                if decision.speaker is not None and decision.mode is not None:
+                    spoke = await self._speak(actor, decision.speaker, decision.mode, recent)
+                self._schedule_wake(actor, decision.wake_at)
+                # others may want to answer it, or still be waiting their turn after a failure
+                again = spoke or decision.speaker is not None
+                if again and self._undelayed(actor):
+                    done = self._decide_now(actor)
+            except BaseException:
+                actor.lock.release()
+                raise
+            if done is None:
+                actor.lock.release()
+                if again:
+                    self._kick(actor)
+                return
+            decision, recent = done
 
     async def _decide(self, actor: _Actor) -> tuple[Decision, list[Line]]:
         """Look at the channel, pick a speaker or none, record why (the channel is locked)."""
@@ -610,6 +652,25 @@ class Engine:
             # a backlog longer than the tail: look back far enough to see every mention
             limit = max(POLICY_WINDOW, self.settings.salon.history_messages)
             recent = await self._history(actor, behind, limit)
+        return self._conclude(actor, cands, recent), recent
+
+    def _decide_now(self, actor: _Actor) -> tuple[Decision, list[Line]] | None:
+        """`_decide` when memory holds all it needs (the usual case); None when it must wait."""
+        recent = self._rows.lookup(actor.channel.key, 0, POLICY_WINDOW)
+        if recent is None:
+            return None
+        cands = []
+        for k in actor.present:
+            c = self._candidate_now(actor, k, recent)
+            if c is None:
+                return None
+            cands.append(c)
+        if recent and min((c.handled_seq for c in cands), default=0) + 1 < recent[0][SEQ]:
+            return None
+        return self._conclude(actor, cands, recent), recent
+
+    def _conclude(self, actor: _Actor, cands: list[Candidate], recent: list[Line]) -> Decision:
+        """The policy's decision, recorded in the (cached) states of the candidates."""
         decision = decide(
             recent,
             cands,
@@ -618,23 +679,20 @@ class Engine:
             rng=self.rng,
             loop_limit=self.settings.salon.bot_loop_limit,
         )
-        await self._record(actor, decision, recent)
-        return decision, recent
-
-    async def _record(self, actor: _Actor, decision: Decision, recent: list[Line]) -> None:
         top = recent[-1][SEQ] if recent else 0
+        logged = decisions_log.isEnabledFor(logging.INFO)
         for key, why in decision.why.items():
-            decisions_log.info("%s %s: %s", actor.channel.key, key, why)
+            if logged:
+                decisions_log.info("%s %s: %s", actor.channel.key, key, why)
             # changed in place (a busy channel would otherwise leave a dict per message for
             # the collector); the speaker's state is written with its "answering" mark before
-            # the model is asked
-            state = actor.states.get(key)
-            if state is None:
-                state = await self._state(actor.channel, key, copy=False)
+            # the model is asked. Every candidate's state is cached by now.
+            state = actor.states[key]
             state["last_why"] = why
             if key in decision.handled and key != decision.speaker:
                 state["handled_seq"] = max(int(state.get("handled_seq", 0)), top)
             self._defer(actor.channel, key)
+        return decision
 
     # ----- generation ---------------------------------------------------------------------
     async def _transcript(

@@ -53,22 +53,26 @@ class Decision(NamedTuple):
 
 def names_in(text: str, names: Sequence[str]) -> bool:
     """Whether any of `names` appears in `text` as a word (case-insensitive, CJK-aware)."""
-    as_word, anywhere = _matchers(tuple(names))
-    if as_word is None and not anywhere:
-        return False
+    as_word, keys, anywhere = _matchers(names if type(names) is tuple else tuple(names))
     folded = canonical_name(text)
+    # a name that is not even a substring cannot be a word: skip the regex (most messages)
+    if not any(key in folded for key in keys):
+        return False
     if as_word is not None and as_word.search(folded):
         return True
     return any(key in folded for key in anywhere)
 
 
 @functools.lru_cache(maxsize=256)
-def _matchers(names: tuple[str, ...]) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
-    """One pattern for the names as words, and the CJK names that count anywhere in the text."""
+def _matchers(
+    names: tuple[str, ...],
+) -> tuple[re.Pattern[str] | None, tuple[str, ...], tuple[str, ...]]:
+    """One pattern for the names as words, every name's key, and the CJK names that count
+    anywhere in the text."""
     keys = [k for k in (name_key(n) for n in names) if k]
     words = "|".join(re.escape(k) for k in keys)
     pattern = re.compile(rf"(?<![\w@])(?:{words})(?!\w)") if keys else None
-    return pattern, tuple(k for k in keys if any(ord(ch) >= 0x2E80 for ch in k))
+    return pattern, tuple(keys), tuple(k for k in keys if any(ord(ch) >= 0x2E80 for ch in k))
 
 
 def _after(recent: Sequence[Line], seq: int) -> Sequence[Line]:
@@ -80,8 +84,14 @@ def _after(recent: Sequence[Line], seq: int) -> Sequence[Line]:
 
 
 def _loop_guard(recent: Sequence[Line], limit: int) -> bool:
-    tail = recent[-limit:] if limit > 0 else []
-    return limit > 0 and len(tail) == limit and all(m[IS_BOT] or m[CHARACTER] for m in tail)
+    """Whether the last `limit` messages were all by bots (newest first: usually one look)."""
+    if limit <= 0 or len(recent) < limit:
+        return False
+    for i in range(len(recent) - 1, len(recent) - limit - 1, -1):
+        m = recent[i]
+        if not (m[IS_BOT] or m[CHARACTER]):
+            return False
+    return True
 
 
 def _continuation_due(c: Candidate) -> float:

@@ -82,6 +82,12 @@ class _Rows:
         out.extend(self.tail)
         return out
 
+    def newest(self) -> Line | None:
+        """The last line (None when empty), without counting."""
+        if self.tail:
+            return self.tail[-1]
+        return self.chunks[-1][-1] if self.chunks else None  # (a chunk is never all skipped)
+
     def append(self, row: Line) -> None:
         self.tail.append(row)
         if len(self.tail) >= SEAL:
@@ -134,13 +140,14 @@ class RowCache:
             return None if limit > 0 else []
         self._entries.move_to_end(key)
         rows = entry.rows
+        size = len(rows)
         if entry.after <= after:
-            first = max(0, len(rows) - limit)
-            if len(rows) and rows[first][SEQ] > after:
+            first = size - limit if size > limit else 0
+            if size and rows[first][SEQ] > after:
                 return rows.since(first)
             return rows.since(bisect.bisect_right(rows, after, key=_seq))
-        if len(rows) >= limit:
-            return rows.since(len(rows) - limit)
+        if size >= limit:
+            return rows.since(size - limit)
         return None
 
     def begin_load(self, key: str) -> int:
@@ -197,7 +204,8 @@ class RowCache:
         if rows is None or record[SEQ] <= entry.after:
             return
         self._entries.move_to_end(key)
-        if len(rows) and rows[-1][SEQ] < record[SEQ]:
+        newest = rows.newest()
+        if newest is not None and newest[SEQ] < record[SEQ]:
             rows.append(record)  # the usual case: the newest message
         else:
             lines = rows.since(0)
@@ -213,11 +221,14 @@ class RowCache:
                     break
             else:
                 lines.insert(0, record)
-            entry.rows = _Rows(lines)
-        entry.weight += weight(record)
-        self.weight += weight(record)
-        self._trim(entry)
-        self._evict(keep=key)
+            rows = entry.rows = _Rows(lines)
+        size = weight(record)
+        entry.weight += size
+        self.weight += size
+        if len(rows) > self.per_channel:
+            self._trim(entry)
+        if self.weight > self.budget:
+            self._evict(keep=key)
 
     def invalidate(self, key: str) -> None:
         """Forget the channel's rows (an edit or a deletion changed what the store holds)."""

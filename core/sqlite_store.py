@@ -369,15 +369,17 @@ class SqliteStore:
         key = (channel.platform, channel.id, message.id)
         text = _storable(message.text)
         name = _storable(author.name)
+        # "" for NULL (NULLIF below): the sqlite3 module binds None through its adapter lookup,
+        # two failed attribute lookups per None, on every message
         params = (
             *key,
             author.id,
             name,
             int(author.is_bot),
-            author.character,
+            author.character or "",
             text,
             message.at,
-            message.reply_to,
+            message.reply_to or "",
             _encode_addressed(message.addressed),
         )
 
@@ -385,7 +387,7 @@ class SqliteStore:
             cursor = db.execute(
                 "INSERT INTO messages (platform, channel_id, msg_id, author_id, author_name, "
                 "author_is_bot, character, text, at, reply_to, addressed, deleted) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?, NULLIF(?, ''), ?, 0) "
                 "ON CONFLICT (platform, channel_id, msg_id) DO NOTHING",
                 params,
             )
@@ -399,10 +401,10 @@ class SqliteStore:
                     author_id=author.id,
                     author_name=name,
                     author_is_bot=author.is_bot,
-                    character=author.character,
+                    character=author.character or None,
                     text=text,
                     at=message.at,
-                    reply_to=message.reply_to,
+                    reply_to=message.reply_to or None,
                     addressed=frozenset(message.addressed),
                     deleted=False,
                 )

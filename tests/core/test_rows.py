@@ -197,5 +197,6 @@ def test_chunked_rows_behave_like_a_list(start: int, steps: list[tuple[bool, int
         assert len(held) == len(model)
         assert [held[i] for i in range(len(model))] == model
         assert len(model) == 0 or held[-1] == model[-1]
+        assert held.newest() == (model[-1] if model else None)
         for i in range(0, len(model) + 1, 7):
             assert held.since(i) == model[i:]
