@@ -915,7 +915,9 @@ class Engine:
             old = float(state.get("token_scale", 1.0))
             state["token_scale"] = round(0.5 * old + 0.5 * (result.prompt_tokens / estimated), 4)
         own = self._names(key)
-        others = self._other_names(await self._recent(actor), key)
+        others: tuple[str, ...] = ()
+        if any(":" in c or "：" in c for c in result.candidates):  # else no "Name:" to look at
+            others = self._other_names(await self._recent(actor), key)
         texts = [t for t in (clean_reply(c, own, others) for c in result.candidates) if t]
         if not texts:
             log.warning(

@@ -23,8 +23,12 @@ def utf16_len(text: str) -> int:
     return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
+_PREFIX = re.compile(r"\s*\**\s*([^:：\n]{1,64}?)\s*\**\s*[:：]")
+_OWN_PREFIX = re.compile(r"^\s*\**\s*[^:：\n]{1,64}?\s*\**\s*[:：]\s?")
+
+
 def _speaker_prefix(line: str) -> str | None:
-    m = re.match(r"\s*\**\s*([^:：\n]{1,64}?)\s*\**\s*[:：]", line)
+    m = _PREFIX.match(line)
     return m.group(1) if m else None
 
 
@@ -46,12 +50,15 @@ def clean_reply(raw: str, own_names: Sequence[str], other_names: Iterable[str]) 
     text = _TRAILING_TEMPLATE.sub("", text).strip()
     kept: list[str] = []
     for index, line in enumerate(text.split("\n")):
+        if ":" not in line and "：" not in line:  # no "Name:" without a colon (most lines)
+            kept.append(line)
+            continue
         probes = (strip_template_tokens(line), neutralize_template_tokens(line))
         keys = {canonical_name(s) for s in map(_speaker_prefix, probes) if s is not None}
         if keys & others:
             break
         if keys & own:
-            line = re.sub(r"^\s*\**\s*[^:：\n]{1,64}?\s*\**\s*[:：]\s?", "", line, count=1)
+            line = _OWN_PREFIX.sub("", line, count=1)
             if index == 0:
                 line = line.lstrip()
         kept.append(line)
