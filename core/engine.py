@@ -155,6 +155,7 @@ class Engine:
         self._dirty: set[tuple[str, str]] = set()
         self._knob_cache: dict[str, Knobs] = {}
         self._name_cache: dict[str, tuple[str, ...]] = {}
+        self._param_cache: dict[str, GenerationParams] = {}
         self._personas: dict[str, tuple[P.Persona, tuple[str, ...]]] = {}
         self._virtual = isinstance(self.clock, VirtualClock)
         self._rows = RowCache(
@@ -803,21 +804,13 @@ class Engine:
         if rows:
             memo.source = (rows[0], rows[-1], len(rows), start, window_tokens)
         self._memo_settled(memo)
-        gen = ch.generation
-        seed = gen.seed
+        params = self._params(key)
         if regen:
-            base = seed if seed is not None else self.rng.randrange(1, 2**31)
-            seed = base + int(state["regen_count"])
+            base = params.seed if params.seed is not None else self.rng.randrange(1, 2**31)
+            params = replace(params, seed=base + int(state["regen_count"]))
         request = ChatRequest(
             messages=tuple(messages),
-            params=GenerationParams(
-                temperature=gen.temperature,
-                top_p=gen.top_p,
-                seed=seed,
-                max_tokens=gen.max_tokens,
-                n=gen.n,
-                logit_bias=ch.logit_bias(),
-            ),
+            params=params,
             session_id=_session_id(channel.key, key, int(state.get("epoch", 0))),
             character_options=self._memory_options(ch) if memory else None,
             speaker=ch.name,
@@ -955,6 +948,22 @@ class Engine:
         while self._memo_bytes > self._memo_budget and len(self._memos) > 1:
             oldest = next(iter(self._memos))
             self._memo_bytes -= self._memos.pop(oldest).size
+
+    def _params(self, key: str) -> GenerationParams:
+        """The character's sampling options (fixed per engine: built once)."""
+        params = self._param_cache.get(key)
+        if params is None:
+            ch = self.characters[key]
+            gen = ch.generation
+            params = self._param_cache[key] = GenerationParams(
+                temperature=gen.temperature,
+                top_p=gen.top_p,
+                seed=gen.seed,
+                max_tokens=gen.max_tokens,
+                n=gen.n,
+                logit_bias=ch.logit_bias(),
+            )
+        return params
 
     def _profile_tokens(self, key: str) -> int:
         return P.estimate_tokens(self.characters[key].profile) + 64

@@ -94,6 +94,21 @@ def _loop_guard(recent: Sequence[Line], limit: int) -> bool:
     return True
 
 
+def _first_addressed(pending: Sequence[Line], key: str) -> Line | None:
+    """Plain loops here and in `_named`: a generator per decision is measurable per message."""
+    for m in pending:
+        if key in m[ADDRESSED]:
+            return m
+    return None
+
+
+def _named(pending: Sequence[Line], names: tuple[str, ...]) -> bool:
+    for m in pending:  # noqa: SIM110 (see _first_addressed)
+        if names_in(m[TEXT], names):
+            return True
+    return False
+
+
 def _continuation_due(c: Candidate) -> float:
     assert c.last_spoke_at is not None
     return c.last_spoke_at + c.knobs.continue_after_s * c.knobs.continue_backoff**c.continuations
@@ -152,14 +167,14 @@ def decide(
             why[c.key] = f"silent: the last {loop_limit} messages were all by bots (loop guard)"
             handled.add(c.key)
             continue
-        first_addr = next((m for m in pending if c.key in m[ADDRESSED]), None)
+        first_addr = _first_addressed(pending, c.key)
         if direct or first_addr is not None:
             what = "direct chat" if direct and first_addr is None else "addressed"
             ranked.append((0, first_addr[SEQ] if first_addr else pending[0][SEQ], c.key))
             why[c.key] = f"speak: {what}"
             continue
         handled.add(c.key)
-        if any(names_in(m[TEXT], c.names) for m in pending):
+        if _named(pending, c.names):
             roll = rng.random()
             if roll < NAME_CHANCE:
                 ranked.append((1, roll, c.key))
