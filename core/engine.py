@@ -661,13 +661,16 @@ class Engine:
         if recent is None:
             return None
         cands = []
+        behind = None
         for k in actor.present:
             c = self._candidate_now(actor, k, recent)
             if c is None:
                 return None
             cands.append(c)
-        if recent and min((c.handled_seq for c in cands), default=0) + 1 < recent[0][SEQ]:
-            return None
+            if behind is None or c.handled_seq < behind:
+                behind = c.handled_seq
+        if recent and (behind or 0) + 1 < recent[0][SEQ]:
+            return None  # a backlog longer than the tail (see `_decide`)
         return self._conclude(actor, cands, recent), recent
 
     def _conclude(self, actor: _Actor, cands: list[Candidate], recent: list[Line]) -> Decision:

@@ -56,7 +56,10 @@ def names_in(text: str, names: Sequence[str]) -> bool:
     as_word, keys, anywhere = _matchers(names if type(names) is tuple else tuple(names))
     folded = canonical_name(text)
     # a name that is not even a substring cannot be a word: skip the regex (most messages)
-    if not any(key in folded for key in keys):
+    for key in keys:
+        if key in folded:
+            break
+    else:
         return False
     if as_word is not None and as_word.search(folded):
         return True
@@ -190,7 +193,7 @@ def decide(
         else:
             why[c.key] = f"silent: roll {roll:.2f} >= chance {p:.2f}"
     if not ranked:
-        reason = "; ".join(f"{k}: {v}" for k, v in why.items()) or "nobody here"
+        reason = "; ".join([f"{k}: {v}" for k, v in why.items()]) or "nobody here"
         return Decision(None, None, reason, frozenset(handled), why, min(wake) if wake else None)
     ranked.sort()
     tier, _, speaker = ranked[0]
