@@ -88,6 +88,38 @@ class _Actor:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """What every decision and request needs of a character, derived once per engine (the
+    characters never change while it runs) rather than once per message."""
+
+    names: tuple[str, ...]
+    knobs: Knobs
+    params: GenerationParams
+
+    @classmethod
+    def of(cls, ch: Character) -> _Fixed:
+        b, gen = ch.behavior, ch.generation
+        return cls(
+            names=(ch.name, *ch.aliases),
+            knobs=Knobs(
+                talkativeness=b.talkativeness,
+                continue_after_s=b.continue_after_s,
+                max_continuations=b.max_continuations,
+                continue_backoff=b.continue_backoff,
+                cooldown_s=b.cooldown_s,
+            ),
+            params=GenerationParams(
+                temperature=gen.temperature,
+                top_p=gen.top_p,
+                seed=gen.seed,
+                max_tokens=gen.max_tokens,
+                n=gen.n,
+                logit_bias=ch.logit_bias(),
+            ),
+        )
+
+
 def _day(ts: float) -> str:
     """The UTC day of `ts` as YYYY-MM-DD (formatted once per day, not once per reply)."""
     return _day_name(int(ts // 86_400))
@@ -153,9 +185,7 @@ class Engine:
         self._budget_warned: set[tuple[str, str]] = set()
         self._clock_waits = 0
         self._dirty: set[tuple[str, str]] = set()
-        self._knob_cache: dict[str, Knobs] = {}
-        self._name_cache: dict[str, tuple[str, ...]] = {}
-        self._param_cache: dict[str, GenerationParams] = {}
+        self._fixed = {key: _Fixed.of(ch) for key, ch in self.characters.items()}
         self._personas: dict[str, tuple[P.Persona, tuple[str, ...]]] = {}
         self._virtual = isinstance(self.clock, VirtualClock)
         self._rows = RowCache(
@@ -193,27 +223,6 @@ class Engine:
         if cached is None:
             cached = actor.states[key] = await self.store.get_state(channel, key)
         return dict(cached) if copy else cached
-
-    def _names(self, key: str) -> tuple[str, ...]:
-        """The character's name and aliases (one tuple per character, not one per decision)."""
-        names = self._name_cache.get(key)
-        if names is None:
-            ch = self.characters[key]
-            names = self._name_cache[key] = (ch.name, *ch.aliases)
-        return names
-
-    def _knobs(self, key: str) -> Knobs:
-        knobs = self._knob_cache.get(key)
-        if knobs is None:
-            b = self.characters[key].behavior
-            knobs = self._knob_cache[key] = Knobs(
-                talkativeness=b.talkativeness,
-                continue_after_s=b.continue_after_s,
-                max_continuations=b.max_continuations,
-                continue_backoff=b.continue_backoff,
-                cooldown_s=b.cooldown_s,
-            )
-        return knobs
 
     async def _save(self, channel: Channel, key: str, state: dict[str, Any]) -> None:
         """Cache the state and write it now."""
@@ -497,8 +506,8 @@ class Engine:
             handled = max(handled, int(answering))
         return Candidate(
             key,
-            self._names(key),
-            self._knobs(key),
+            self._fixed[key].names,
+            self._fixed[key].knobs,
             handled,
             state.get("last_spoke_at"),
             int(state.get("continuations", 0)),
@@ -807,7 +816,7 @@ class Engine:
         if rows:
             memo.source = (rows[0], rows[-1], len(rows), start, window_tokens)
         self._memo_settled(memo)
-        params = self._params(key)
+        params = self._fixed[key].params
         if regen:
             base = params.seed if params.seed is not None else self.rng.randrange(1, 2**31)
             params = replace(params, seed=base + int(state["regen_count"]))
@@ -910,7 +919,7 @@ class Engine:
         if result.prompt_tokens > 0 and estimated > 0:
             old = float(state.get("token_scale", 1.0))
             state["token_scale"] = round(0.5 * old + 0.5 * (result.prompt_tokens / estimated), 4)
-        own = self._names(key)
+        own = self._fixed[key].names
         others: tuple[str, ...] = ()
         if any(":" in c or "：" in c for c in result.candidates):  # else no "Name:" to look at
             others = self._other_names(await self._recent(actor), key)
@@ -951,22 +960,6 @@ class Engine:
         while self._memo_bytes > self._memo_budget and len(self._memos) > 1:
             oldest = next(iter(self._memos))
             self._memo_bytes -= self._memos.pop(oldest).size
-
-    def _params(self, key: str) -> GenerationParams:
-        """The character's sampling options (fixed per engine: built once)."""
-        params = self._param_cache.get(key)
-        if params is None:
-            ch = self.characters[key]
-            gen = ch.generation
-            params = self._param_cache[key] = GenerationParams(
-                temperature=gen.temperature,
-                top_p=gen.top_p,
-                seed=gen.seed,
-                max_tokens=gen.max_tokens,
-                n=gen.n,
-                logit_bias=ch.logit_bias(),
-            )
-        return params
 
     def _profile_tokens(self, key: str) -> int:
         return P.estimate_tokens(self.characters[key].profile) + 64
