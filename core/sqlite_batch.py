@@ -268,7 +268,9 @@ class _Checkpointer:
     """A thread with its own connection that copies the WAL back into the database file.
 
     A PASSIVE pass never holds writers up; once a pass catches up between two commits, the
-    next writer starts the log over (with one sync of its header, SQLite's rule). The loop's
+    next writer starts the log over (with one sync of its header, SQLite's rule). Under writes
+    that never pause no pass catches up like that, and the loop connection's own backstop
+    checkpoint (~100 MB, see `SqliteStore._configure`) comes before TRUNCATE_BYTES. The loop's
     connection never cuts the file back, since cutting a log of a hundred megabytes held the
     loop for 50-120 ms (measured); this thread empties the file with a TRUNCATE pass in a
     pause of traffic, or under traffic once the log passes TRUNCATE_BYTES. That pass holds

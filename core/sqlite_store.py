@@ -301,7 +301,10 @@ class SqliteStore:
             # of many channels touch many pages (1 KB pages write a third of 4 KB ones)
             db.execute("PRAGMA page_size=1024")
             db.execute("PRAGMA journal_mode=WAL")
-            # a helper thread checkpoints; this is only the backstop if it falls behind
+            # a helper thread checkpoints; this is the backstop: under writes that never pause
+            # its passes never end between two commits, so the log never starts over and, at
+            # this size, this connection checkpoints (~40 ms measured; a helper RESTART at 32 MB
+            # held writers off 30-45 ms each time instead)
             db.execute("PRAGMA wal_autocheckpoint=100000")
             db.execute("PRAGMA journal_size_limit=-1")  # the checkpointer empties the log
         db.execute("PRAGMA synchronous=NORMAL")
