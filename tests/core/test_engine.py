@@ -190,3 +190,33 @@ async def test_each_prompt_shows_edits_and_deletions_made_between_replies(
     assert {"role": "user", "content": "Ann: I like coffee"} in bodies[2]
     assert "tea" not in str(bodies[2]) and "Ann: and cake" in str(bodies[2])
     assert "cake" not in str(bodies[3]) and "Ann: and now?" in str(bodies[3])
+
+
+async def test_on_a_real_clock_both_addressed_characters_answer_once_each_in_turn(
+    model: FakeModelServer, settings_for, tmp_path
+) -> None:
+    """Without a debounce the decision runs inside `receive` and the look after a reply runs
+    at once, still holding the channel: the second character sees the first one's reply."""
+    quick = "[behavior]\ntalkativeness = 0.0\ndebounce_s = 0\n"
+    lu = variant(tmp_path, "lu", name="Lu", profile="You are Lu.", extra=quick)
+    su = variant(tmp_path, "su", name="Su", profile="You are Su.", extra=quick)
+    model.reply("first answer")
+    model.reply("second answer")
+    rec = Recorder(VirtualClock())  # only for the `Sent` times; the engine runs on real time
+    settings = settings_for(model)
+    async with build_engine(settings, [lu, su], rng=random.Random(1)) as engine:
+        await engine.receive(said(0, "hello all"), via="lu", sender=rec)
+        await engine.receive(said(0, "hello all"), via="su", sender=rec)
+        # delivered once (the other bot's copy may come later: see the redelivery test)
+        both = said(1, "@Lu @Su which one?", addressed=frozenset({"lu", "su"}))
+        await engine.receive(both, via="lu", sender=rec)
+        for _ in range(500):
+            if len(rec.sent) >= 2 and not engine.busy():
+                break
+            await asyncio.sleep(0.01)
+        await engine.idle()
+        assert all(a.debounce is None for a in engine._actors.values())
+    assert [o.text for o in rec.sent] == ["first answer", "second answer"]
+    assert [o.reply_to for o in rec.sent] == ["in-1", "in-1"]
+    second = model.requests[1].body["messages"]
+    assert {"role": "user", "content": "Lu: first answer"} in second
