@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from core.chunked import Chunked
 from core.sanitize import neutralize_content, speaker_keys, unique_names
 
 Msg = dict[str, Any]
@@ -67,10 +68,12 @@ class Rendered:
         self.key: tuple[Any, ...] | None = None
         self.names: dict[str, str] = {}
         self.known: frozenset[str] = frozenset()
-        # seq -> position in `rendered`: ints and a tuple of strings and ints,
+        # seq -> position in `rendered`: ints, and sealed tuples of strings and ints,
         # none of which the garbage collector has to visit
         self.index: dict[int, int] = {}
-        self.rendered: tuple[tuple[str, str, str, int], ...] = ()  # text, role, content, tokens
+        # (text, role, content, tokens) per turn; extended in place, so a reply adds only its
+        # new turns, not a fresh tuple of every turn, to what young collections walk
+        self.rendered: Chunked[tuple[str, str, str, int]] = Chunked()
         self.last_own = -1  # position of the character's own last turn in `rendered`
         self.chars = 0  # characters of turn text in `rendered`
         self.tokens = 0  # estimate_tokens summed over the turns in `rendered`
@@ -89,7 +92,7 @@ class Rendered:
         tokens: int,
     ) -> None:
         self.key, self.names, self.known = key, names, known
-        self.index, self.rendered = index, tuple(rendered)
+        self.index, self.rendered = index, Chunked(rendered)
         self.last_own, self.chars, self.tokens = last_own, chars, tokens
 
     @property
@@ -126,14 +129,14 @@ def build_messages(
     key = (own_names, tuple(reserved_names), direct, speakers)
     if memo is not None and memo.key == key:
         names, known = memo.names, memo.known
-        index, before = memo.index, memo.rendered
+        index, before = memo.index, memo.rendered.since(0)
     else:
         names = unique_names(
             ((i, name, bot) for i, (name, bot) in speakers.items()),
             reserved=(*own_names, *reserved_names),
         )
         known = speaker_keys((*own_names, *reserved_names, *names.values()))
-        index, before = {}, ()
+        index, before = {}, []
     new_index: dict[int, int] = {}
     rendered: list[tuple[str, str, str, int]] = []
     body: list[Msg] = []
@@ -185,7 +188,7 @@ def extend_messages(
         return None
     names, known = memo.names, memo.known
     index = memo.index
-    rendered = list(memo.rendered)
+    rendered = memo.rendered
     chars, tokens, last_own = memo.chars, memo.tokens, memo.last_own
     for turn in new:
         hit = _render(persona, turn, names, known, direct)
@@ -197,8 +200,7 @@ def extend_messages(
         tokens += hit[3]
     # kept as tuples of strings: a tuple of dicts is never untracked, and a thousand remembered
     # prompts of dicts made each full collection visit every turn (10-20 ms, measured)
-    memo.rendered = tuple(rendered)
-    body = [{"role": r[1], "content": r[2]} for r in rendered]
+    body = [{"role": r[1], "content": r[2]} for r in rendered.since(0)]
     memo.chars, memo.tokens, memo.last_own = chars, tokens, last_own
     return _assemble(persona, body, last_own, direct, supplements, include_system, memo)
 

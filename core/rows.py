@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from core.chunked import Chunked
 from core.lines import AUTHOR_NAME, SEQ, TEXT, Line
 
 ROW_OVERHEAD = 300  # bytes a cached line costs besides its text (tuple, strings, list slot)
-# lines an open tail collects before it is sealed into the channel's tuple; the collector walks
-# every line of an open tail (64 made tails a third of a full pass at 1,000 channels)
-SEAL = 16
 
 
 def weight(row: Line) -> int:
@@ -25,95 +22,9 @@ def weight(row: Line) -> int:
     return ROW_OVERHEAD + len(row[TEXT]) + len(row[AUTHOR_NAME])
 
 
-class _Rows:
-    """One channel's lines, oldest first: sealed chunks of SEAL lines plus a short open tail.
-
-    A tuple of untracked lines is itself untracked, so a full garbage collection visits a few
-    references per channel instead of every cached line (tens of milliseconds at a thousand
-    busy channels). Sealing makes one new tuple of SEAL lines, never a copy of the whole
-    history: a new tuple is tracked until a young collection has looked at it, and copies of
-    hundreds of lines made young collections walk tens of thousands of lines (measured). Only
-    the first chunk may be shorter; the oldest lines are dropped by moving `skip` within it.
-    """
-
-    __slots__ = ("chunks", "sealed", "skip", "tail")
-
-    def __init__(self, rows: Sequence[Line]) -> None:
-        rows = tuple(rows)
-        first = len(rows) % SEAL or min(SEAL, len(rows))
-        self.chunks: tuple[tuple[Line, ...], ...] = tuple(
-            rows[i : i + SEAL] for i in range(first, len(rows), SEAL)
-        )
-        if first:
-            self.chunks = (rows[:first], *self.chunks)
-        self.sealed = len(rows)  # lines in `chunks`, counting the skipped ones
-        self.skip = 0
-        self.tail: list[Line] = []
-
-    def __len__(self) -> int:
-        return self.sealed - self.skip + len(self.tail)
-
-    def _locate(self, at: int) -> tuple[int, int]:
-        """(chunk, offset) of sealed line `at` (counted from the first chunk's start)."""
-        head = len(self.chunks[0])
-        if at < head:
-            return 0, at
-        at -= head
-        return 1 + at // SEAL, at % SEAL
-
-    def __getitem__(self, index: int) -> Line:
-        if index < 0:
-            index += len(self)
-        at = self.skip + index
-        if at >= self.sealed:
-            return self.tail[at - self.sealed]
-        chunk, offset = self._locate(at)
-        return self.chunks[chunk][offset]
-
-    def since(self, index: int) -> list[Line]:
-        """rows[index:] as a new list."""
-        at = self.skip + index
-        if at >= self.sealed:
-            return self.tail[at - self.sealed :]
-        chunk, offset = self._locate(at)
-        out = list(self.chunks[chunk][offset:])
-        for rest in self.chunks[chunk + 1 :]:
-            out.extend(rest)
-        out.extend(self.tail)
-        return out
-
-    def newest(self) -> Line | None:
-        """The last line (None when empty), without counting."""
-        if self.tail:
-            return self.tail[-1]
-        return self.chunks[-1][-1] if self.chunks else None  # (a chunk is never all skipped)
-
-    def append(self, row: Line) -> None:
-        self.tail.append(row)
-        if len(self.tail) >= SEAL:
-            self.chunks = (*self.chunks, tuple(self.tail))
-            self.sealed += len(self.tail)
-            self.tail = []
-
-    def drop_front(self, count: int) -> list[Line]:
-        """Forget the oldest `count` lines; returns them."""
-        gone = [self[i] for i in range(min(count, len(self)))]
-        left = count
-        while left and self.chunks:
-            first = len(self.chunks[0]) - self.skip
-            if left < first:
-                self.skip += left
-                return gone
-            left -= first
-            self.sealed -= len(self.chunks[0])
-            self.chunks, self.skip = self.chunks[1:], 0
-        del self.tail[:left]
-        return gone
-
-
 @dataclass
 class _Entry:
-    rows: _Rows | None = None
+    rows: Chunked[Line] | None = None
     after: int = 0  # rows holds every stored, non-deleted message with seq > after
     weight: int = 0
     loads: int = 0
@@ -214,14 +125,14 @@ class RowCache:
                     entry.weight += weight(record) - weight(lines[i])
                     self.weight += weight(record) - weight(lines[i])
                     lines[i] = record
-                    entry.rows = _Rows(lines)
+                    entry.rows = Chunked(lines)
                     return
                 if lines[i][SEQ] < record[SEQ]:
                     lines.insert(i + 1, record)
                     break
             else:
                 lines.insert(0, record)
-            rows = entry.rows = _Rows(lines)
+            rows = entry.rows = Chunked(lines)
         size = weight(record)
         entry.weight += size
         self.weight += size
@@ -244,7 +155,7 @@ class RowCache:
 
     def _replace(self, key: str, entry: _Entry, rows: list[Line], after: int) -> None:
         self._drop(entry)
-        entry.rows = _Rows(rows)
+        entry.rows = Chunked(rows)
         entry.after = after
         entry.weight = sum(weight(r) for r in rows)
         self.weight += entry.weight

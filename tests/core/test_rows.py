@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import gc
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
+from core.chunked import SEAL
 from core.lines import SEQ, Line, line, make_line
-from core.rows import SEAL, RowCache, _Rows, weight
+from core.rows import RowCache, weight
 from core.store import StoredMessage
 
 KEY = "console:room"
@@ -172,31 +170,3 @@ def test_sealed_lines_leave_the_collector_little_to_visit() -> None:
     assert not gc.is_tracked(held.chunks)
     assert not any(gc.is_tracked(chunk) for chunk in held.chunks)
     assert seqs(cache.lookup(KEY, 0, 1000)) == list(range(1, 501))
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    start=st.integers(0, 3 * SEAL + 5),
-    steps=st.lists(st.tuples(st.booleans(), st.integers(0, 2 * SEAL + 3)), max_size=12),
-)
-def test_chunked_rows_behave_like_a_list(start: int, steps: list[tuple[bool, int]]) -> None:
-    """Appends and drops from the front, through partial first chunks and seals, against a list."""
-    model = rows(*range(1, start + 1))
-    held = _Rows(model)
-    next_seq = start + 1
-    for grow, n in steps:
-        if grow:
-            for _ in range(n):
-                line = make_line(next_seq, "u1", text=f"text {next_seq}")
-                held.append(line)
-                model.append(line)
-                next_seq += 1
-        else:
-            assert held.drop_front(n) == model[:n]
-            del model[:n]
-        assert len(held) == len(model)
-        assert [held[i] for i in range(len(model))] == model
-        assert len(model) == 0 or held[-1] == model[-1]
-        assert held.newest() == (model[-1] if model else None)
-        for i in range(0, len(model) + 1, 7):
-            assert held.since(i) == model[i:]
