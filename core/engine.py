@@ -120,6 +120,13 @@ class _Fixed:
         )
 
 
+def _backlog(recent: list[Line], cands: list[Candidate]) -> int | None:
+    """The oldest handled mark when messages after it are older than `recent` (a backlog to
+    look back over), else None."""
+    behind = min([c.handled_seq for c in cands], default=0)
+    return behind if recent and behind + 1 < recent[0][SEQ] else None
+
+
 def _day(ts: float) -> str:
     """The UTC day of `ts` as YYYY-MM-DD (formatted once per day, not once per reply)."""
     return _day_name(int(ts // 86_400))
@@ -657,8 +664,8 @@ class Engine:
         if recent is None:
             recent = await self._load(actor, 0, POLICY_WINDOW)
         cands = [await self._candidate(actor, k, recent) for k in actor.present]
-        behind = min((c.handled_seq for c in cands), default=0)
-        if recent and behind + 1 < recent[0][SEQ]:
+        behind = _backlog(recent, cands)
+        if behind is not None:
             # a backlog longer than the tail: look back far enough to see every mention
             limit = max(POLICY_WINDOW, self.settings.salon.history_messages)
             recent = await self._history(actor, behind, limit)
@@ -670,16 +677,13 @@ class Engine:
         if recent is None:
             return None
         cands = []
-        behind = None
         for k in actor.present:
             c = self._candidate_now(actor, k, recent)
             if c is None:
                 return None
             cands.append(c)
-            if behind is None or c.handled_seq < behind:
-                behind = c.handled_seq
-        if recent and (behind or 0) + 1 < recent[0][SEQ]:
-            return None  # a backlog longer than the tail (see `_decide`)
+        if _backlog(recent, cands) is not None:
+            return None
         return self._conclude(actor, cands, recent), recent
 
     def _conclude(self, actor: _Actor, cands: list[Candidate], recent: list[Line]) -> Decision:

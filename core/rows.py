@@ -133,9 +133,9 @@ class RowCache:
             else:
                 lines.insert(0, record)
             rows = entry.rows = Chunked(lines)
-        size = weight(record)
-        entry.weight += size
-        self.weight += size
+        added = weight(record)
+        entry.weight += added
+        self.weight += added
         if len(rows) > self.per_channel:
             self._trim(entry)
         if self.weight > self.budget:

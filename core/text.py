@@ -23,8 +23,7 @@ def utf16_len(text: str) -> int:
     return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
-_PREFIX = re.compile(r"\s*\**\s*([^:：\n]{1,64}?)\s*\**\s*[:：]")
-_OWN_PREFIX = re.compile(r"^\s*\**\s*[^:：\n]{1,64}?\s*\**\s*[:：]\s?")
+_PREFIX = re.compile(r"\s*\**\s*([^:：\n]{1,64}?)\s*\**\s*[:：]\s?")
 
 
 def _speaker_prefix(line: str) -> str | None:
@@ -58,7 +57,9 @@ def clean_reply(raw: str, own_names: Sequence[str], other_names: Iterable[str]) 
         if keys & others:
             break
         if keys & own:
-            line = _OWN_PREFIX.sub("", line, count=1)
+            echoed = _PREFIX.match(line)
+            if echoed is not None:
+                line = line[echoed.end() :]
             if index == 0:
                 line = line.lstrip()
         kept.append(line)
