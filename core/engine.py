@@ -96,9 +96,12 @@ class _Fixed:
     names: tuple[str, ...]
     knobs: Knobs
     params: GenerationParams
+    persona: P.Persona
+    reserved: tuple[str, ...]  # the other characters' names and aliases
+    profile_tokens: int  # the profile's token estimate, with room for the request's framing
 
     @classmethod
-    def of(cls, ch: Character) -> _Fixed:
+    def of(cls, ch: Character, others: list[Character]) -> _Fixed:
         b, gen = ch.behavior, ch.generation
         return cls(
             names=(ch.name, *ch.aliases),
@@ -117,6 +120,9 @@ class _Fixed:
                 n=gen.n,
                 logit_bias=ch.logit_bias(),
             ),
+            persona=P.Persona(ch.name, ch.profile, tuple(ch.aliases)),
+            reserved=tuple(n for c in others for n in (c.name, *c.aliases)),
+            profile_tokens=P.estimate_tokens(ch.profile) + 64,
         )
 
 
@@ -192,8 +198,10 @@ class Engine:
         self._budget_warned: set[tuple[str, str]] = set()
         self._clock_waits = 0
         self._dirty: set[tuple[str, str]] = set()
-        self._fixed = {key: _Fixed.of(ch) for key, ch in self.characters.items()}
-        self._personas: dict[str, tuple[P.Persona, tuple[str, ...]]] = {}
+        self._fixed = {
+            key: _Fixed.of(ch, [c for k, c in self.characters.items() if k != key])
+            for key, ch in self.characters.items()
+        }
         self._virtual = isinstance(self.clock, VirtualClock)
         self._rows = RowCache(
             budget=settings.storage.cache_mb * 2**20,
@@ -733,7 +741,7 @@ class Engine:
             tokens = sum(r[TOKENS] for r in rows if r[SEQ] >= start)
         scale = float(state.get("token_scale", 1.0))
         budget = input_limit(self.settings.llm.model, self.settings.llm.input_limit)
-        budget -= self._profile_tokens(key)
+        budget -= self._fixed[key].profile_tokens
         budget = max(256, budget)
         if tokens * scale > budget:
             # over budget (an upper bound of the sum below): choose a new start
@@ -760,7 +768,8 @@ class Engine:
 
         `after`: with long-term memory, only turns after this seq are sent.
         """
-        persona, reserved = self._persona(key)
+        fixed = self._fixed[key]
+        persona, reserved = fixed.persona, fixed.reserved
         messages = None
         if reused and after is None:
             messages = P.extend_messages(
@@ -936,18 +945,6 @@ class Engine:
             )
         return texts
 
-    def _persona(self, key: str) -> tuple[P.Persona, tuple[str, ...]]:
-        """The character's persona and the names of the other characters (fixed per engine)."""
-        known = self._personas.get(key)
-        if known is None:
-            ch = self.characters[key]
-            others = [c for k, c in self.characters.items() if k != key]
-            known = self._personas[key] = (
-                P.Persona(ch.name, ch.profile, tuple(ch.aliases)),
-                tuple(n for c in others for n in (c.name, *c.aliases)),
-            )
-        return known
-
     def _memo(self, channel_key: str, key: str) -> P.Rendered:
         """The channel's last rendered prompt for `key` (most recently used last)."""
         memo = self._memos.pop((channel_key, key), None)
@@ -964,9 +961,6 @@ class Engine:
         while self._memo_bytes > self._memo_budget and len(self._memos) > 1:
             oldest = next(iter(self._memos))
             self._memo_bytes -= self._memos.pop(oldest).size
-
-    def _profile_tokens(self, key: str) -> int:
-        return P.estimate_tokens(self.characters[key].profile) + 64
 
     def _other_names(self, rows: list[Line], key: str) -> tuple[str, ...]:
         names = {r[AUTHOR_NAME] for r in rows if r[CHARACTER] != key}
