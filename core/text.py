@@ -31,6 +31,14 @@ def _speaker_prefix(line: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _line_speakers(line: str) -> set[str]:
+    """The canonical names a line starts with as `Name:` (template tokens stripped or defanged)."""
+    if ":" not in line and "：" not in line:  # no "Name:" without a colon (most lines)
+        return set()
+    probes = (strip_template_tokens(line), neutralize_template_tokens(line))
+    return {canonical_name(s) for s in map(_speaker_prefix, probes) if s is not None}
+
+
 @functools.lru_cache(maxsize=1024)
 def _name_keys(names: tuple[str, ...]) -> frozenset[str]:
     """`speaker_keys` per set of names (a channel's speakers repeat from reply to reply)."""
@@ -49,19 +57,19 @@ def clean_reply(raw: str, own_names: Sequence[str], other_names: Iterable[str]) 
     text = _TRAILING_TEMPLATE.sub("", text).strip()
     kept: list[str] = []
     for index, line in enumerate(text.split("\n")):
-        if ":" not in line and "：" not in line:  # no "Name:" without a colon (most lines)
-            kept.append(line)
-            continue
-        probes = (strip_template_tokens(line), neutralize_template_tokens(line))
-        keys = {canonical_name(s) for s in map(_speaker_prefix, probes) if s is not None}
+        keys = _line_speakers(line)
+        echo = bool(keys & own)
+        # an echoed own name may hide another turn behind it ("Lu: Ann: ..."): look again
+        while keys & own and not keys & others:
+            echoed = _PREFIX.match(line)
+            if echoed is None:
+                break
+            line = line[echoed.end() :]
+            keys = _line_speakers(line)
         if keys & others:
             break
-        if keys & own:
-            echoed = _PREFIX.match(line)
-            if echoed is not None:
-                line = line[echoed.end() :]
-            if index == 0:
-                line = line.lstrip()
+        if echo and index == 0:
+            line = line.lstrip()
         kept.append(line)
     return neutralize_template_tokens("\n".join(kept).strip())
 

@@ -24,6 +24,9 @@ def test_cuts_where_the_model_speaks_for_someone_else() -> None:
     raw = "Sure thing.\nCheng Yi: Thanks Lu!\nLing Lu: You're welcome."
     assert clean_reply(raw, OWN, OTHERS) == "Sure thing."
     assert clean_reply("Cheng Yi: I cheated", OWN, OTHERS) == ""
+    # an echoed own name in front of someone else's turn hides nothing
+    assert clean_reply("Ling Lu: Cheng Yi: I cheated", OWN, OTHERS) == ""
+    assert clean_reply("Ling Lu: Ling Lu: fine", OWN, OTHERS) == "fine"
     assert clean_reply("OK\n  tao le：hi", OWN, OTHERS) == "OK"
 
 
