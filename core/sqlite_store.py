@@ -23,6 +23,7 @@ from core.types import Channel, Message
 T = TypeVar("T")
 
 MEMORY = ":memory:"
+RESTART_PAGES = 32768  # ~33 MB of log (1 KB pages): the loop connection checkpoints, restarts it
 
 # Ordered schema migrations; migration N (1-based) brings `PRAGMA user_version` from N-1 to N.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -301,11 +302,10 @@ class SqliteStore:
             # of many channels touch many pages (1 KB pages write a third of 4 KB ones)
             db.execute("PRAGMA page_size=1024")
             db.execute("PRAGMA journal_mode=WAL")
-            # a helper thread checkpoints; this is the backstop: under writes that never pause
-            # its passes never end between two commits, so the log never starts over and, at
-            # this size, this connection checkpoints (~40 ms measured; a helper RESTART at 32 MB
-            # held writers off 30-45 ms each time instead)
-            db.execute("PRAGMA wal_autocheckpoint=100000")
+            # a helper thread checkpoints and syncs; under writes that never pause its passes
+            # never end between two commits, so at this size this connection checkpoints what
+            # is left, and the log starts over (see core.sqlite_batch._Checkpointer)
+            db.execute(f"PRAGMA wal_autocheckpoint={RESTART_PAGES}")
             db.execute("PRAGMA journal_size_limit=-1")  # the checkpointer empties the log
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")

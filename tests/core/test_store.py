@@ -765,6 +765,39 @@ async def test_a_growing_log_is_checkpointed_off_the_loop(
         assert check.execute("SELECT COUNT(*) FROM messages").fetchone() == (200,)
 
 
+async def test_under_steady_writes_the_log_starts_over_and_the_helper_syncs_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pause ever comes: the loop's connection restarts the log at RESTART_PAGES, and the
+    helper has synced the database file after its passes, so that restart has little to sync."""
+    monkeypatch.setattr(sqlite_store, "RESTART_PAGES", 200)
+    monkeypatch.setattr(sqlite_batch, "CHECKPOINT_BYTES", 8 << 10)
+    monkeypatch.setattr(sqlite_batch, "CHECK_EVERY", 1)
+    monkeypatch.setattr(sqlite_batch, "QUIET_S", 3600.0)  # no quiet moment helps here
+    synced: list[int] = []
+    real_sync = sqlite_batch._sync
+
+    def counting_sync(fd: int) -> None:
+        synced.append(fd)
+        real_sync(fd)
+
+    monkeypatch.setattr(sqlite_batch, "_sync", counting_sync)
+    path = tmp_path / "salon.db"
+    wal = tmp_path / "salon.db-wal"
+    largest = 0
+    async with SqliteStore(path) as db:
+        for i in range(1500):
+            await db.add_message(msg(f"m{i}", "x" * 500))
+            largest = max(largest, wal.stat().st_size)
+        assert len(await db.recent(ROOM, limit=2000)) == 1500
+    assert synced, "the helper synced the database file after its passes"
+    # without restarts the log would hold every commit: 1,500 x (1-2 pages of 1 KB)
+    assert largest < 600 * 1024
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT COUNT(*) FROM messages").fetchone() == (1500,)
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
 async def test_a_pause_in_traffic_checkpoints_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
