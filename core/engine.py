@@ -921,13 +921,17 @@ class Engine:
             typing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await typing
-        await self.store.add_usage(
-            actor.channel,
-            key,
-            _day(self.clock.now()),
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            cached_tokens=result.cached_tokens,
+        # not waited for: the reply need not wait a commit for bookkeeping; it is written with
+        # (or just before) the reply's own line, and later reads of the totals come after it
+        self._spawn(
+            self.store.add_usage(
+                actor.channel,
+                key,
+                _day(self.clock.now()),
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                cached_tokens=result.cached_tokens,
+            )
         )
         if result.prompt_tokens > 0 and estimated > 0:
             old = float(state.get("token_scale", 1.0))

@@ -171,7 +171,8 @@ async def test_database_failing_at_run_time_stops_with_one_error(
     model: FakeModelServer, tmp_path: Path
 ) -> None:
     """Past start-up: the first failed write stops the character for good with one logged
-    error, instead of an error (and a paid model request) for every message that follows."""
+    error, instead of an error (and a paid model request) for every message that follows.
+    The reply already paid for still goes out: usage is bookkeeping, written beside it."""
     settings = write_config(tmp_path, model)
     clock = VirtualClock()
     posted: list[Posted] = []
@@ -191,7 +192,7 @@ async def test_database_failing_at_run_time_stops_with_one_error(
                 await clock.advance(5, idle=engine.idle)
             fatal = engine.fatal
     assert isinstance(fatal, StoreError)
-    assert len(model.requests) == 1 and posted == []
+    assert len(model.requests) == 1 and [p.out.text for p in posted] == ["ok"]
     errors = tap.lines(level=logging.ERROR)
     assert len(errors) == 1 and "disk I/O error" in errors[0] and "Traceback" not in errors[0]
 
