@@ -918,9 +918,11 @@ class Engine:
             log.warning("%s in %s: gave up on this reply: %s", key, actor.channel.key, e)
             return None
         finally:
-            typing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await typing
+            # not waited for: it ends at its next step, before anything it could send, and a
+            # reply should not wait a loop turn for that (idle() and aclose() still see it)
+            if typing.cancel():
+                self._tasks.add(typing)
+                typing.add_done_callback(self._tasks.discard)
         # not waited for: the reply need not wait a commit for bookkeeping; it is written with
         # (or just before) the reply's own line, and later reads of the totals come after it
         self._spawn(
