@@ -791,8 +791,9 @@ async def test_under_steady_writes_the_log_starts_over_and_the_helper_syncs_the_
             largest = max(largest, wal.stat().st_size)
         assert len(await db.recent(ROOM, limit=2000)) == 1500
     assert synced, "the helper synced the database file after its passes"
-    # without restarts the log would hold every commit: 1,500 x (1-2 pages of 1 KB)
-    assert largest < 600 * 1024
+    # without restarts the log holds every commit (9.7 MB); with them 0.4-0.9 MB, the most
+    # when a busy machine slows the helper, whose passes make the loop's checkpoints skip
+    assert largest < 2 << 20
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT COUNT(*) FROM messages").fetchone() == (1500,)
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
