@@ -437,6 +437,8 @@ async def run(size: PipelineSize, *, seed: int = 1, workdir: Path | None = None)
         "flat_max_ms": flat_max,
         "flat_samples": float(len(flat.latencies_ms)),
         "paced_rate": rate,
+        # below 0.5 when the rate cap applies: the "50% load" phase was lighter than its name
+        "paced_share_of_flat": rate / flat.rate if flat.rate else 0.0,
         "paced_messages": float(paced.messages),
         "paced_achieved_rate": paced.rate,
         "paced_loop_busy": busy,

@@ -49,6 +49,7 @@ async def test_pipeline_answers_every_addressed_message_once(tmp_path: Path) -> 
     assert d["paced_messages"] >= 1 and d["paced_replies"] <= d["paced_messages"]
     assert d["paced_samples"] == d["paced_replies"]
     assert 0.0 <= d["paced_loop_busy"] <= 1.5  # CPU seconds of the loop thread per second
+    assert 0.0 < d["paced_share_of_flat"] <= 0.5 + 1e-9
     assert d["quarter_rate"] == d["paced_rate"] / 2 and 0.0 <= d["quarter_loop_busy"] <= 1.5
     assert d["quarter_p50_ms"] <= d["quarter_p99_ms"] <= d["quarter_max_ms"]
     assert d["floor_autocommit_rows_s"] > 0 and d["floor_batched_rows_s"] > 0
