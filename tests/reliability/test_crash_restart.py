@@ -1,21 +1,22 @@
-"""Crash and restart: kill -9 `salon console` at bad moments, start it again on the same database.
+"""Crash and restart: kill -9 `salon console` and `salon run` at bad moments, start them again
+on the same database.
 
-Nothing said before the kill is lost and nothing is answered twice. The Telegram and Discord
-adapters have their own restart tests (tests/adapters/test_telegram_e2e.py
-::test_restart_during_generation_answers_exactly_once and tests/adapters/test_discord.py
-::test_restart_backfills_missed_messages_and_answers_once); this file covers the console and
-the engine itself.
+Nothing said before the kill is lost and nothing is answered twice. `salon run` is killed with
+a Telegram bot on the fake Bot API and with a Discord bot on the fake gateway, each in the
+middle of a generation; the adapters' in-process restart tests (tests/adapters/) cover the
+other windows (an unconfirmed update, messages missed while away).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from core.types import Channel, Message, Participant
 from tests.adapters.test_cli import ROOT, salon
 from tests.adapters.test_discord import until
 from tests.conftest import write_config
+from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.model_server import FakeModelServer, last_messages
 from tests.fakes.recording import Posted, RecordingSender
+from tests.fakes.telegram_api import FakeTelegramServer
 
 KEY_ENV = {"SALON_TEST_KEY": "sk-test-not-a-real-key"}
 QUESTION = "Cheng Yi: @Lu did you tune the bass?"
@@ -181,3 +184,129 @@ async def test_crash_between_storing_the_reply_and_saving_state_does_not_answer_
     await run_engine(settings, SqliteStore(settings.storage_path()), second, posted)
     assert [p.out.text for p in posted] == ["answer 1"]
     assert len(model.requests) == 1
+
+
+QUIET_LU = """name = "Ling Lu"
+profile = "You are Ling Lu."
+[behavior]
+talkativeness = 0.0
+debounce_s = 0.0
+"""
+
+
+@contextlib.asynccontextmanager
+async def salon_run(
+    tmp_path: Path, env: Mapping[str, str], *, launcher: Sequence[str] = ("-m", "adapters.cli")
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`salon run` as its own process; stopped with SIGTERM at the end unless killed before."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *launcher, "run", "--config", str(tmp_path / "config.toml"),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def kill_9(proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+async def stopped_cleanly(proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+
+
+async def test_kill_9_salon_run_with_telegram_during_generation_answers_once_after_restart(
+    model: FakeModelServer, tmp_path: Path
+) -> None:
+    (tmp_path / "lu.toml").write_text(QUIET_LU, "utf-8")
+    async with FakeTelegramServer() as tg:
+        token = "7000:TEST-kill-nine-secret-part"
+        bot = tg.add_bot(token, "ling_lu_bot", "lu", can_read_all_group_messages=True)
+        alice = tg.add_user("Alice", "Smith", "alice")
+        group = tg.add_group("Band", bots=[bot])
+        entry = f'[[telegram]]\nbot = "{tmp_path / "lu.toml"}"\ntoken_env = "TG_KILL9"\n'
+        write_config(tmp_path, model, extra=entry + f'base_url = "{tg.url}"\n')
+        env = {**KEY_ENV, "TG_KILL9": token}
+        model.delay = 30.0  # the generation is still running when the process dies
+        async with salon_run(tmp_path, env) as proc:
+            await tg.wait_for(lambda: bot.polls > 0 or proc.returncode is not None, "a poll", 30)
+            asked = tg.post(group, alice, "@ling_lu_bot did you tune the bass?")
+            update_id = bot.updates[-1]["update_id"]
+            await tg.wait_for(lambda: len(model.requests) == 1, "the generation", 30)
+            await kill_9(proc)
+        assert tg.sent(group) == []
+
+        model.delay = 0.0
+        model.replier = lambda body: "Of course I did."
+        async with salon_run(tmp_path, env) as proc:
+            await tg.wait_for(lambda: len(tg.sent(group)) == 1, "the answer after the restart", 30)
+            await tg.wait_for(lambda: bot.confirmed >= update_id, "the update confirmed", 30)
+            await stopped_cleanly(proc)
+        (reply,) = tg.sent(group)
+        assert reply["text"] == "Of course I did."
+        assert reply["reply_to_message"]["message_id"] == asked["message_id"]
+        assert len(model.requests) == 2
+        contents = [m["content"] for m in last_messages(model)]
+        assert contents.count("Alice Smith: @ling_lu_bot did you tune the bass?") == 1
+    assert stored_texts(tmp_path / "salon.db") == [
+        "@ling_lu_bot did you tune the bass?",
+        "Of course I did.",
+    ]
+
+
+async def test_kill_9_salon_run_with_discord_during_generation_answers_once_after_restart(
+    model: FakeModelServer, tmp_path: Path
+) -> None:
+    (tmp_path / "lu.toml").write_text(QUIET_LU, "utf-8")
+    async with FakeDiscord() as fake:
+        token = "token-kill-nine-SECRET"
+        bot = fake.add_bot("lu_bot", token)
+        ali = fake.add_user("ali_99", global_name="Alison")
+        guild = fake.add_guild("Musicians", [ali, bot], nicks={ali.id: "Ali"})
+        general = fake.add_text_channel(guild, "general")
+        entry = f'[[discord]]\nbot = "{tmp_path / "lu.toml"}"\ntoken_env = "DC_KILL9"\n'
+        write_config(tmp_path, model, extra=entry)
+        env = {
+            **KEY_ENV,
+            "DC_KILL9": token,
+            "FAKE_DISCORD_API": fake.api_base,
+            "FAKE_DISCORD_GATEWAY": fake.gateway_url,
+        }
+        launcher = ("-m", "tests.fakes.discord_salon")
+        model.delay = 30.0  # the generation is still running when the process dies
+        async with salon_run(tmp_path, env, launcher=launcher) as proc:
+            await until(lambda: fake.connected(bot) or proc.returncode is not None, 30)
+            asked = await fake.post(general, ali, f"<@{bot.id}> did you tune the bass?")
+            await until(lambda: len(model.requests) == 1, 30)
+            await kill_9(proc)
+        assert fake.sent(general, bot) == []
+
+        model.delay = 0.0
+        model.replier = lambda body: "Of course I did."
+        async with salon_run(tmp_path, env, launcher=launcher) as proc:
+            await until(lambda: len(fake.sent(general, bot)) == 1, 30)
+            await stopped_cleanly(proc)
+        (reply,) = fake.sent(general, bot)
+        assert reply.body["content"] == "Of course I did."
+        assert str(reply.body["message_reference"]["message_id"]) == asked["id"]
+        assert len(model.requests) == 2
+        contents = [m["content"] for m in last_messages(model)]
+        assert contents.count("Ali: @lu_bot did you tune the bass?") == 1
+    assert stored_texts(tmp_path / "salon.db") == [
+        "@lu_bot did you tune the bass?",  # the adapter stores mentions as names
+        "Of course I did.",
+    ]
