@@ -229,6 +229,14 @@ async def stopped_cleanly(proc: asyncio.subprocess.Process) -> None:
     assert proc.returncode == 0, err.decode()
 
 
+def answered_once(model: FakeModelServer, tmp_path: Path, turn: str) -> None:
+    """After the restart: two generations in all; the question once in the prompt and the store."""
+    assert len(model.requests) == 2
+    assert [m["content"] for m in last_messages(model)].count(turn) == 1
+    question = turn.split(": ", 1)[1]
+    assert stored_texts(tmp_path / "salon.db") == [question, "Of course I did."]
+
+
 async def test_kill_9_salon_run_with_telegram_during_generation_answers_once_after_restart(
     model: FakeModelServer, tmp_path: Path
 ) -> None:
@@ -259,13 +267,7 @@ async def test_kill_9_salon_run_with_telegram_during_generation_answers_once_aft
         (reply,) = tg.sent(group)
         assert reply["text"] == "Of course I did."
         assert reply["reply_to_message"]["message_id"] == asked["message_id"]
-        assert len(model.requests) == 2
-        contents = [m["content"] for m in last_messages(model)]
-        assert contents.count("Alice Smith: @ling_lu_bot did you tune the bass?") == 1
-    assert stored_texts(tmp_path / "salon.db") == [
-        "@ling_lu_bot did you tune the bass?",
-        "Of course I did.",
-    ]
+        answered_once(model, tmp_path, "Alice Smith: @ling_lu_bot did you tune the bass?")
 
 
 async def test_kill_9_salon_run_with_discord_during_generation_answers_once_after_restart(
@@ -303,10 +305,4 @@ async def test_kill_9_salon_run_with_discord_during_generation_answers_once_afte
         (reply,) = fake.sent(general, bot)
         assert reply.body["content"] == "Of course I did."
         assert str(reply.body["message_reference"]["message_id"]) == asked["id"]
-        assert len(model.requests) == 2
-        contents = [m["content"] for m in last_messages(model)]
-        assert contents.count("Ali: @lu_bot did you tune the bass?") == 1
-    assert stored_texts(tmp_path / "salon.db") == [
-        "@lu_bot did you tune the bass?",  # the adapter stores mentions as names
-        "Of course I did.",
-    ]
+        answered_once(model, tmp_path, "Ali: @lu_bot did you tune the bass?")  # mention as name
