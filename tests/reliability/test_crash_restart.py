@@ -69,8 +69,7 @@ async def killed_console(tmp_path: Path, stdin: str, ready: Callable[[], bool]) 
         assert proc.returncode is None, "the console ended before it could be killed"
     finally:
         if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+            await kill_9(proc)
     assert proc.returncode == -signal.SIGKILL
     return (await proc.stdout.read()).decode()
 
@@ -201,7 +200,7 @@ async def salon_run(
     """`salon run` as its own process; stopped with SIGTERM at the end unless killed before."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *launcher, "run", "--config", str(tmp_path / "config.toml"),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
     )  # fmt: skip
